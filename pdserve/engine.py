@@ -1,0 +1,274 @@
+"""The vLLM engine embedded in a worker process.
+
+:class:`Engine` wraps ``vllm.v1.engine.async_llm.AsyncLLM``: it sets the environment the engine
+reads at start (CPU KV-cache size, core binding, NIXL side channel), builds the engine arguments
+(dtype float32 on CPU, prefix caching, the KV connector of the worker's role, KV-cache events),
+streams request outputs as deltas, and keeps load and transfer counters from vLLM's own stat
+loggers. vLLM is imported lazily so that the rest of pdserve imports without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kv_transfer import ConnectorSpec, KVLayout, TransferStats, compat_hash, connector_config
+from kv_transfer.connector import side_channel_env
+from pdserve.sampling import Sampling
+
+if TYPE_CHECKING:
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineLoad", "EngineSpec"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine is built from."""
+
+    model_path: str
+    """Local model directory."""
+    served_name: str
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
+    connector: ConnectorSpec | None = None
+    """KV transfer role; None: a plain engine that computes every prompt itself."""
+    kv_events: dict[str, Any] | None = None
+    """vLLM ``kv_events_config`` (KV-cache events publisher), or None."""
+    cpu_threads_bind: str = ""
+    enforce_eager: bool = False
+    seed: int = 0
+
+
+@dataclass
+class EngineLoad:
+    """The latest load figures vLLM's scheduler reported, and running totals."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    prompt_tokens_computed: int = 0
+    prompt_tokens_local_hit: int = 0
+    prompt_tokens_transferred: int = 0
+    updated_at: float = field(default_factory=time.monotonic)
+
+
+def _is_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+class Engine:
+    """One in-process vLLM engine."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.load = EngineLoad()
+        self.transfers = TransferStats()
+        self._llm: AsyncLLM | None = None
+        self.block_size = 0
+        self.vocab_size = 0
+        self.compat_hash = ""
+        self.max_model_len = spec.max_model_len
+        self.eos_token_id: int | None = None
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise RuntimeError("the engine is not started")
+        return self._llm
+
+    async def start(self) -> None:
+        """Creates the engine (about 25 s for a small model on 2 CPU cores)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        spec = self.spec
+        cpu = _is_cpu()
+        env: dict[str, str] = {}
+        if cpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))
+            if spec.cpu_threads_bind:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_threads_bind
+        if spec.connector is not None:
+            env.update(side_channel_env(spec.connector))
+        os.environ.update(env)  # read by the engine-core process vLLM spawns next
+
+        dtype = spec.dtype
+        if dtype == "auto" and cpu:
+            dtype = "float32"  # bf16 is 4-5x slower on CPUs without AMX
+        kwargs: dict[str, Any] = dict(
+            model=spec.model_path,
+            served_model_name=spec.served_name,
+            dtype=dtype,
+            max_model_len=spec.max_model_len,
+            max_num_seqs=spec.max_num_seqs,
+            enable_prefix_caching=True,
+            seed=spec.seed,
+            disable_log_stats=False,
+            enforce_eager=spec.enforce_eager,
+        )
+        if not cpu:
+            kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
+        if spec.connector is not None:
+            kwargs["kv_transfer_config"] = connector_config(spec.connector)
+        if spec.kv_events is not None:
+            kwargs["kv_events_config"] = spec.kv_events
+        args = AsyncEngineArgs(**kwargs)
+        started = time.monotonic()
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
+        config = self._llm.vllm_config
+        self.block_size = int(config.cache_config.block_size)
+        self.max_model_len = int(config.model_config.max_model_len)
+        self.vocab_size = int(config.model_config.get_vocab_size())
+        self.eos_token_id = self._llm.get_tokenizer().eos_token_id
+        self.compat_hash = compat_hash(self.kv_layout())
+        logger.info(
+            "engine for %s started in %.1f s (block size %d, dtype %s, connector %s)",
+            spec.served_name,
+            time.monotonic() - started,
+            self.block_size,
+            dtype,
+            spec.connector.role if spec.connector else "none",
+        )
+
+    def kv_layout(self) -> KVLayout:
+        """What a peer engine must share with this one to exchange KV blocks."""
+        config = self.llm.vllm_config
+        model = config.model_config
+        parallel = config.parallel_config
+        digest = hashlib.sha256(
+            (Path(self.spec.model_path) / "config.json").read_bytes()
+        ).hexdigest()[:12]
+        return KVLayout(
+            model_id=f"{self.spec.served_name}@{digest}",
+            kv_dtype=str(config.cache_config.cache_dtype) + "/" + str(model.dtype),
+            block_size=self.block_size,
+            num_layers=int(model.get_num_layers(parallel)),
+            num_kv_heads=int(model.get_total_num_kv_heads()),
+            head_size=int(model.get_head_size()),
+            tp_size=int(parallel.tensor_parallel_size),
+        )
+
+    def kv_bytes_per_block(self) -> int:
+        layout = self.kv_layout()
+        itemsize = 4 if "float32" in layout.kv_dtype else 2
+        return (
+            2
+            * layout.num_layers
+            * layout.num_kv_heads
+            * layout.head_size
+            * (layout.block_size * itemsize)
+        )
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: Sampling,
+        *,
+        max_tokens: int | None = None,
+        kv_transfer_params: dict[str, Any] | None = None,
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Streams the request's outputs as deltas; closing the iterator early aborts it."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        extra_args = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params else None
+        params = SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=list(sampling.stop_token_ids) or None,
+            ignore_eos=sampling.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+            extra_args=extra_args,
+        )
+        stream = self.llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id
+        )
+        finished = False
+        try:
+            async for output in stream:
+                finished = output.finished
+                yield output
+        finally:
+            if not finished:
+                await self.llm.abort(request_id)
+
+    @property
+    def is_dead(self) -> bool:
+        """True once the engine-core process has failed; the worker must then exit."""
+        return self._llm is not None and bool(self._llm.errored)
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine holds right now (running, waiting or being aborted)."""
+        return int(self.llm.output_processor.get_num_unfinished_requests())
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    async def release_remote(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
+        """Frees blocks a prefill engine holds for a pull that will not happen (decode side)."""
+        await self.llm.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
+        self.transfers.record_release()
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def _stat_logger_factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class _LoadLogger(StatLoggerBase):
+            """Feeds vLLM's per-step scheduler and iteration stats into the engine's counters."""
+
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                load = engine.load
+                if scheduler_stats is not None:
+                    load.num_running = int(scheduler_stats.num_running_reqs)
+                    load.num_waiting = int(
+                        scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                    )
+                    load.kv_usage = float(scheduler_stats.kv_cache_usage)
+                    load.updated_at = time.monotonic()
+                    if scheduler_stats.kv_connector_stats:
+                        engine.transfers.observe_connector_stats(scheduler_stats.kv_connector_stats)
+                if iteration_stats is not None:
+                    prompt = iteration_stats.prompt_token_stats
+                    load.prompt_tokens_computed += int(prompt.computed)
+                    load.prompt_tokens_local_hit += int(prompt.local_cache_hit)
+                    load.prompt_tokens_transferred += int(prompt.external_kv_transfer)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _LoadLogger

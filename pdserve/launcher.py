@@ -1,0 +1,260 @@
+"""A whole pdserve cluster on one machine: Redis, workers and the router as child processes.
+
+:class:`LocalCluster` starts a ``redis-server`` on a free port (unless given a URL), the prefill
+and decode workers (one engine per process, each pinned to its own core when there are enough),
+then the router, and waits until every worker has registered and the router answers health
+checks. :meth:`LocalCluster.stop` stops them in reverse order (SIGTERM, then SIGKILL after a
+grace period). Children are also told by the kernel to die with the launcher (PR_SET_PDEATHSIG),
+so no process outlives it, even when it is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import redis
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kv_transfer import allocate_port
+from pdserve.config import PdserveConfig
+from pdserve.models import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClusterSpec", "LocalCluster", "start_redis"]
+
+
+@dataclass
+class ClusterSpec:
+    """What ``pdserve up`` starts."""
+
+    config: PdserveConfig = field(default_factory=PdserveConfig)
+    num_prefill: int = 1
+    num_decode: int = 1
+    redis_url: str = ""
+    """Empty: start a redis-server on a free port."""
+    router_port: int = 50051
+    cpu_bind: bool = True
+    """Pin each worker's engine to its own core when there are at least as many cores."""
+    kv_transfer: bool = True
+    """False: decode workers run plain engines and no prefill workers are started."""
+    log_dir: Path | None = None
+    """Where each child's log goes (default: a temporary directory)."""
+    start_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.num_prefill < 0 or self.num_decode < 1:
+            raise ValueError(
+                f"a cluster needs >= 0 prefill and >= 1 decode workers, got "
+                f"{self.num_prefill} and {self.num_decode}"
+            )
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: the kernel sends it SIGTERM when the launcher dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_redis(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError(
+            "redis-server is not installed: `apt-get install redis-server`, or pass --redis-url"
+        )
+    port = allocate_port("127.0.0.1")
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {log_path}") from None
+            time.sleep(0.05)
+    client.close()
+    return proc, url
+
+
+class LocalCluster:
+    """Starts and stops a local cluster (see the module docstring)."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.redis_url = spec.redis_url
+        self.router_address = f"127.0.0.1:{spec.router_port}"
+        self.worker_ids: dict[str, list[str]] = {"prefill": [], "decode": []}
+        self.worker_endpoints: dict[str, str] = {}
+        self._tmp = Path(tempfile.mkdtemp(prefix="pdserve-"))
+        self.log_dir = spec.log_dir or self._tmp / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self._tmp / "config.yaml"
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        spec = self.spec
+        config = spec.config
+        config.model.path = str(resolve_model_path(config.model.path))
+        if not self.redis_url:
+            proc, self.redis_url = start_redis(self.log_dir / "redis.log")
+            self.procs.append(("redis", proc))
+        config.redis.url = self.redis_url
+        config.router.grpc_port = spec.router_port
+        self.config_path.write_text(yaml.safe_dump(config.to_dict()))
+
+        roles = ["prefill"] * (spec.num_prefill if spec.kv_transfer else 0)
+        roles += ["decode"] * spec.num_decode
+        cores = os.cpu_count() or 1
+        pin = spec.cpu_bind and len(roles) <= cores
+        counts = {"prefill": 0, "decode": 0}
+        for core, role in enumerate(roles):
+            worker_id = f"{role}-{counts[role]}"
+            counts[role] += 1
+            args = [
+                sys.executable,
+                "-m",
+                f"{role}_worker",
+                "--config",
+                str(self.config_path),
+                "--worker-id",
+                worker_id,
+                "--port",
+                str(allocate_port("127.0.0.1")),
+                "--nixl-port",
+                str(allocate_port("127.0.0.1")),
+            ]
+            if pin:
+                args += ["--cpu-bind", str(core)]
+            if not spec.kv_transfer:
+                args.append("--no-kv-transfer")
+            self._spawn(worker_id, args)
+            self.worker_ids[role].append(worker_id)
+        self._wait_for_workers()
+        self._spawn(
+            "router",
+            [sys.executable, "-m", "pdserve.cli", "router", "--config", str(self.config_path)],
+        )
+        self._wait_for_router()
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        env = dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1")
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        )
+        self.procs.append((name, proc))
+        logger.info("started %s (pid %d), log %s", name, proc.pid, log.name)
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = _tail(self.log_dir / f"{name}.log")
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def _wait_for_workers(self) -> None:
+        expected = {w for ids in self.worker_ids.values() for w in ids}
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        deadline = time.monotonic() + self.spec.start_timeout_s
+        try:
+            while True:
+                self._check_alive()
+                ready = {
+                    w for w in expected if client.hget(f"pdserve:worker:{w}", "state") == "ready"
+                }
+                if ready == expected:
+                    for w in expected:
+                        endpoint = client.hget(f"pdserve:worker:{w}", "endpoint")
+                        self.worker_endpoints[w] = str(endpoint)
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"workers {sorted(expected - ready)} did not register within "
+                        f"{self.spec.start_timeout_s:.0f} s; logs in {self.log_dir}"
+                    )
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def _wait_for_router(self) -> None:
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(self.router_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self._check_alive()
+                with contextlib.suppress(grpc.RpcError):
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the router did not come up; see {self.log_dir}")
+                time.sleep(0.1)
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stops every child (router first, Redis last) and waits for them to exit."""
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Sends ``sig`` to one child (for fault tests) and returns its pid."""
+        for child, proc in self.procs:
+            if child == name:
+                proc.send_signal(sig)
+                return proc.pid
+        raise KeyError(name)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

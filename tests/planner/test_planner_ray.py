@@ -1,0 +1,74 @@
+"""RayActuator and the Ray metrics export against a real local Ray (slow start: one per module).
+
+The pool manager here is a stand-in actor with the interface the real one offers (``scale``,
+``sizes``); the end-to-end test with the real pool manager belongs with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pdserve.planner.actuators import (
+    POOL_MANAGER_NAME,
+    RAY_NAMESPACE,
+    ActuatorError,
+    RayActuator,
+)
+from pdserve.planner.runner import PlannerMetrics
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_pool_manager() -> Iterator[Any]:
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=1, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
+
+    @ray.remote(num_cpus=0)
+    class Pools:
+        def __init__(self) -> None:
+            self.pools = {"prefill": 1, "decode": 1}
+
+        async def scale(self, role: str, n: int) -> None:
+            if role not in self.pools:
+                raise ValueError(f"no pool {role}")
+            self.pools[role] = n
+
+        async def sizes(self) -> dict[str, int]:
+            return dict(self.pools)
+
+    handle = Pools.options(  # type: ignore[attr-defined]
+        name=POOL_MANAGER_NAME, namespace=RAY_NAMESPACE, lifetime="detached"
+    ).remote()
+    try:
+        yield handle
+    finally:
+        ray.kill(handle)
+        if started_here:
+            ray.shutdown()
+
+
+async def test_actor_handle_methods_are_called_remotely_and_awaited(ray_pool_manager: Any) -> None:
+    actuator = RayActuator(ray_pool_manager)
+    assert await actuator.current() == {"prefill": 1, "decode": 1}
+    await actuator.scale("decode", 3)
+    assert await actuator.current() == {"prefill": 1, "decode": 3}
+
+
+async def test_connect_finds_the_detached_pool_manager(ray_pool_manager: Any) -> None:
+    actuator = RayActuator.connect()
+    await actuator.scale("prefill", 2)
+    assert (await actuator.current())["prefill"] == 2
+    with pytest.raises(ActuatorError, match="no pool manager actor 'missing'"):
+        RayActuator.connect(name="missing")
+
+
+def test_metrics_export_to_ray_when_initialized(ray_pool_manager: Any) -> None:
+    metrics = PlannerMetrics()
+    assert metrics.exports_to_ray
+    metrics.record({"prefill": 2, "decode": 3}, {"prefill": 1, "decode": 3})
+    assert metrics.values[("prefill", "desired")] == 2
