@@ -2,7 +2,8 @@
 
 Starts its own redis-server (no persistence) on a free port, fills the index with about 100k
 blocks over 8 workers, then times lookups of an 8k-token prompt (64 blocks of 128 tokens) both
-ways, and the cost of computing block keys. Usage::
+ways, the cost of computing block keys, and the whole routing decision (block keys, lookup and
+the routing policy, through the router's ``CacheAwareSelector``). Usage::
 
     .venv/bin/python benchmarks/index_lookup.py [--lookups 2000] [--blocks 100000]
 """
@@ -13,67 +14,28 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 import timeit
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import redis
 import redis.asyncio as aioredis
 
+from pdserve.config import RoutingConfig
 from pdserve.index import BlockKey, RedisIndex, block_keys
+from pdserve.launcher import start_redis
+from pdserve.registry import Registry, WorkerInfo
+from pdserve.sampling import Sampling
+from router.dispatch import RequestState
+from router.selection import CacheAwareSelector
+from router.workers import WorkerView
 
 BLOCK_SIZE = 128
 PROMPT_TOKENS = 8192
 NUM_WORKERS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise SystemExit("redis-server did not start") from None
-            time.sleep(0.02)
-    client.close()
-    return process, url
 
 
 async def _naive_lookup(
@@ -106,6 +68,35 @@ async def _time(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
     return samples
 
 
+async def _time_decisions(index: RedisIndex, prompt: list[int], n: int) -> list[float]:
+    """What the router spends choosing workers for one request: the cache-aware selector over
+    eight registered workers (the ``w*`` of the index, half prefill, half decode)."""
+    view = WorkerView(Registry(aioredis.Redis()))  # its registry is not read here
+    view.workers = {
+        f"w{i}": WorkerInfo(
+            worker_id=f"w{i}",
+            role="prefill" if i % 2 == 0 else "decode",
+            endpoint=f"127.0.0.1:{6000 + i}",
+            model="m",
+            compat_hash="c",
+            block_size=BLOCK_SIZE,
+            num_running=i,
+        )
+        for i in range(NUM_WORKERS)
+    }
+    selector = CacheAwareSelector(view, index, RoutingConfig())
+    state = RequestState(
+        request_id="bench",
+        prompt_ids=prompt,
+        sampling=Sampling(max_tokens=16),
+        model="m",
+        deadline=time.monotonic() + 3600,
+    )
+    route = await selector.select(state)
+    assert route.prefill is not None and route.prefill.worker_id in ("w0", "w2"), route
+    return await _time(lambda: selector.select(state), n)
+
+
 def _quantiles_us(samples: list[float]) -> tuple[float, float, float]:
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return cuts[49] * 1e6, cuts[89] * 1e6, cuts[98] * 1e6
@@ -120,9 +111,12 @@ async def _run(url: str, num_lookups: int, num_blocks: int) -> None:
     num_prompts = num_blocks // blocks_per_prompt
     entries = 0
     prompts: list[list[BlockKey]] = []
+    prompt_tokens: list[int] = []
     for p in range(num_prompts):
         tokens = [rng.randrange(49_152) for _ in range(PROMPT_TOKENS)]
         keys = block_keys(tokens, BLOCK_SIZE)
+        if p == 0:
+            prompt_tokens = tokens
         prompts.append(keys)
         for worker in rng.sample(range(NUM_WORKERS), k=1 + p % 2):
             await index.add(f"w{worker}", keys)
@@ -148,6 +142,8 @@ async def _run(url: str, num_lookups: int, num_blocks: int) -> None:
     naive = await _time(lambda: _naive_lookup(client, "bench", target), num_lookups)
     redis_ping = await _time(lambda: client.ping(), num_lookups)  # type: ignore[arg-type]
 
+    decision = await _time_decisions(index, prompt_tokens, num_lookups)
+
     tokens = list(range(PROMPT_TOKENS))
     reps = 500
     key_s = min(timeit.repeat(lambda: block_keys(tokens, BLOCK_SIZE), number=reps, repeat=5))
@@ -162,14 +158,15 @@ async def _run(url: str, num_lookups: int, num_blocks: int) -> None:
         f"lookup: {PROMPT_TOKENS} tokens = {len(target)} blocks of {BLOCK_SIZE}, "
         f"{num_lookups} lookups each, one asyncio client, loopback\n"
     )
-    print(f"{'path':<34}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}")
+    print(f"{'path':<38}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}")
     for name, samples in (
         ("Lua script (EVALSHA, 1 command)", lua),
         ("pipelined SMEMBERS x64", naive),
         ("PING (round-trip floor)", redis_ping),
+        ("routing decision (keys+lookup+plan)", decision),
     ):
         p50, p90, p99 = _quantiles_us(samples)
-        print(f"{name:<34}{p50:>10.0f}{p90:>10.0f}{p99:>10.0f}")
+        print(f"{name:<38}{p50:>10.0f}{p90:>10.0f}{p99:>10.0f}")
     print(f"\nblock keys (blake2b-64, {BLOCK_SIZE}-token blocks): {key_us_per_1k:.1f} us/1k tokens")
     print(f"Lua script time inside Redis: {script_us:.0f} us per lookup (INFO commandstats)")
     print(f"load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -183,7 +180,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        process, url = _start_redis(workdir)
+        process, url = start_redis(Path(workdir) / "redis.log")
         try:
             asyncio.run(_run(url, args.lookups, args.blocks))
         finally:

@@ -21,7 +21,7 @@ from pdserve.sampling import check_sampling
 from pdserve.serving import abort_with
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from pdserve.validation import check_prompt_tokens, check_request_id
-from pdserve.worker_status import status_message
+from pdserve.worker_status import reset_prefix_cache, status_message
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
         self, request: worker_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.WorkerStatus:
         return status_message(self.engine, self.worker_id, "decode")
+
+    async def ResetPrefixCache(
+        self, request: worker_pb2.ResetPrefixCacheRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ResetPrefixCacheResponse:
+        return await reset_prefix_cache(self.engine, self.worker_id, context)

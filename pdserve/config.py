@@ -97,8 +97,19 @@ class RoutingConfig:
     disagg_min_uncached_tokens: int = 0
     """Prompts whose part not cached on the chosen decode worker is shorter than this go straight
     to decode (no prefill worker). 0: always disaggregate when a prefill worker exists."""
+    policy: Literal["cache_aware", "round_robin"] = "cache_aware"
+    """``cache_aware``: the scorers above over the prefix-cache index and the workers' load;
+    ``round_robin``: take turns, ignoring cache and load (a baseline for comparisons)."""
+    index_sweep_s: float = 5.0
+    """How often the router drops index entries of workers whose registration has expired."""
 
     def __post_init__(self) -> None:
+        if self.policy not in ("cache_aware", "round_robin"):
+            raise ValueError(
+                f"router.routing.policy must be cache_aware or round_robin, got {self.policy!r}"
+            )
+        if self.index_sweep_s <= 0:
+            raise ValueError("router.routing.index_sweep_s must be > 0")
         for name in ("prefix_weight", "queue_weight", "load_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"router.routing.{name} must be >= 0, got {getattr(self, name)}")
@@ -161,6 +172,8 @@ class WorkerConfig:
     cpu_threads_bind: str = ""
     """``VLLM_CPU_OMP_THREADS_BIND`` for the engine (e.g. ``0`` to pin it to core 0); empty: vLLM's
     default."""
+    kv_events: bool = True
+    """Publish the engine's KV-cache events and index them in Redis, for prefix-aware routing."""
 
     def __post_init__(self) -> None:
         if self.grpc_port:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,8 @@ class Engine:
         self.compat_hash = ""
         self.max_model_len = spec.max_model_len
         self.eos_token_id: int | None = None
+        self.on_prefix_cache_reset: list[Callable[[], Awaitable[None]]] = []
+        """Awaited after each successful :meth:`reset_prefix_cache`."""
 
     @property
     def llm(self) -> AsyncLLM:
@@ -126,7 +128,9 @@ class Engine:
         if spec.connector is not None:
             kwargs["kv_transfer_config"] = connector_config(spec.connector)
         if spec.kv_events is not None:
-            kwargs["kv_events_config"] = spec.kv_events
+            from vllm.config.kv_events import KVEventsConfig
+
+            kwargs["kv_events_config"] = KVEventsConfig(**spec.kv_events)
         args = AsyncEngineArgs(**kwargs)
         started = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
@@ -223,6 +227,15 @@ class Engine:
 
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)
+
+    async def reset_prefix_cache(self) -> bool:
+        """Empties the prefix cache; False (and nothing changed) while requests are running.
+        After a reset, each of ``on_prefix_cache_reset`` is awaited."""
+        if not await self.llm.reset_prefix_cache():
+            return False
+        for listener in self.on_prefix_cache_reset:
+            await listener()
+        return True
 
     async def release_remote(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
         """Frees blocks a prefill engine holds for a pull that will not happen (decode side)."""

@@ -65,6 +65,11 @@ class WorkerInfo:
         return cls(**kwargs)
 
 
+def _text(value: bytes | str) -> str:
+    # The registry works over clients with or without decode_responses.
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Registry:
     """Reads and writes worker registrations."""
 
@@ -100,7 +105,7 @@ class Registry:
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live registrations; stale set members are removed on the way."""
-        ids = sorted(str(i) for i in await self.client.smembers(self._set_key))
+        ids = sorted(_text(i) for i in await self.client.smembers(self._set_key))
         if not ids:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
@@ -114,7 +119,7 @@ class Registry:
                 stale.append(worker_id)
                 continue
             try:
-                workers.append(WorkerInfo.from_redis(row))
+                workers.append(WorkerInfo.from_redis({_text(k): _text(v) for k, v in row.items()}))
             except (TypeError, ValueError) as exc:
                 logger.warning("skipping malformed registration of %s: %s", worker_id, exc)
         if stale:

@@ -4,6 +4,11 @@
 :func:`main`. The worker starts its engine, serves its role's service with health and
 reflection, registers in Redis with a heartbeat carrying its load, and on SIGTERM/SIGINT marks
 itself draining, lets running requests finish (bounded), and leaves the registry.
+
+With ``worker.kv_events`` (the default) the engine publishes its KV-cache events on a loopback
+ZMQ socket and the worker runs a :class:`~pdserve.index.KVEventIndexer` that applies them to the
+Redis prefix-cache index, which the routers read. The worker's index entries are dropped when it
+stops (and by the routers' sweep when its registration expires).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import redis.asyncio as aioredis
 from kv_transfer import ConnectorSpec, allocate_port
 from pdserve.config import PdserveConfig, advertise_host, redis_password
 from pdserve.engine import Engine, EngineSpec
+from pdserve.index import KVEventIndexer, KVIndexError, RedisIndex, kv_events_config
 from pdserve.models import resolve_model_path
 from pdserve.registry import Heartbeat, Registry, WorkerInfo
 from pdserve.serving import make_server, set_serving
@@ -65,6 +71,9 @@ class WorkerProcess:
         self.redis: aioredis.Redis | None = None
         self.state = "starting"
         self._servicer: object | None = None
+        self.indexer: KVEventIndexer | None = None
+        self._index: RedisIndex | None = None
+        self._indexer_task: asyncio.Task[None] | None = None
 
     def info(self) -> WorkerInfo:
         engine = self.engine
@@ -99,6 +108,11 @@ class WorkerProcess:
                 side_channel_host=self.host,
                 side_channel_port=self.nixl_port,
             )
+        kv_events = None
+        if config.worker.kv_events:
+            kv_events = kv_events_config(
+                allocate_port("127.0.0.1"), allocate_port("127.0.0.1"), host="127.0.0.1"
+            )
         self.engine = Engine(
             EngineSpec(
                 model_path=str(model_path),
@@ -111,9 +125,17 @@ class WorkerProcess:
                 connector=connector,
                 cpu_threads_bind=config.worker.cpu_threads_bind,
                 enforce_eager=config.worker.enforce_eager,
+                kv_events=kv_events,
             )
         )
         await self.engine.start()
+        if not config.redis.url:
+            raise ValueError("a worker needs redis.url (or PDSERVE_REDIS_URL) to register")
+        self.redis = aioredis.from_url(
+            config.redis.url, password=redis_password(), decode_responses=True
+        )
+        if kv_events is not None:
+            await self._start_indexer(kv_events)
 
         from pdserve.v1 import worker_pb2_grpc
 
@@ -139,11 +161,6 @@ class WorkerProcess:
         await set_serving(health, [service])
         self.server = server
 
-        if not config.redis.url:
-            raise ValueError("a worker needs redis.url (or PDSERVE_REDIS_URL) to register")
-        self.redis = aioredis.from_url(
-            config.redis.url, password=redis_password(), decode_responses=True
-        )
         registry = Registry(self.redis, ttl_s=config.redis.ttl_s)
         self.state = "ready"
         self.heartbeat = Heartbeat(registry, self.info, interval_s=config.redis.heartbeat_s)
@@ -157,6 +174,41 @@ class WorkerProcess:
             self.nixl_port,
         )
 
+    async def _start_indexer(self, kv_events: dict[str, str]) -> None:
+        """Starts feeding the engine's KV events into the Redis index."""
+        assert self.engine is not None and self.redis is not None
+        self._index = RedisIndex(self.redis)
+        self.indexer = KVEventIndexer(
+            self.worker_id,
+            kv_events["endpoint"],
+            kv_events["replay_endpoint"],
+            self._index,
+            self.engine.block_size,
+        )
+        self.engine.on_prefix_cache_reset.append(self.indexer.engine_cache_reset)
+        self._indexer_task = asyncio.create_task(self.indexer.run())
+        ready = asyncio.ensure_future(self.indexer.wait_ready())
+        done, _ = await asyncio.wait({ready, self._indexer_task}, timeout=10.0)
+        if self._indexer_task in done:
+            self._indexer_task.result()  # raises what stopped it
+        if ready not in done:
+            ready.cancel()
+            logger.warning("worker %s: the KV-event indexer is slow to start", self.worker_id)
+
+    async def _stop_indexer(self) -> None:
+        if self._indexer_task is not None:
+            self._indexer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._indexer_task
+            self._indexer_task = None
+        if self._index is not None:
+            try:
+                await self._index.clear(self.worker_id)
+            except KVIndexError as exc:
+                logger.warning(
+                    "worker %s: could not clear its index entries: %s", self.worker_id, exc
+                )
+
     async def stop(self) -> None:
         """Drains: stops taking requests, lets running ones finish (bounded), deregisters."""
         self.state = "draining"
@@ -169,6 +221,7 @@ class WorkerProcess:
             await self.server.stop(grace=self.options.drain_timeout_s)
         if self.heartbeat is not None:
             await self.heartbeat.stop(deregister=True)
+        await self._stop_indexer()
         if self.redis is not None:
             await self.redis.aclose()
         if self.engine is not None:

@@ -1,9 +1,30 @@
-"""The ``WorkerStatus`` message both worker roles answer ``GetStatus`` with."""
+"""The operator RPCs both worker roles answer the same way: ``GetStatus`` and
+``ResetPrefixCache``."""
 
 from __future__ import annotations
 
+import logging
+
+import grpc
+
 from pdserve.engine import Engine
 from pdserve.v1 import worker_pb2
+
+logger = logging.getLogger(__name__)
+
+
+async def reset_prefix_cache(
+    engine: Engine, worker_id: str, context: grpc.aio.ServicerContext
+) -> worker_pb2.ResetPrefixCacheResponse:
+    """Empties the engine's prefix cache, or answers FAILED_PRECONDITION while it is busy."""
+    if not await engine.reset_prefix_cache():
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"worker {worker_id} has {engine.num_unfinished_requests()} requests running; "
+            "the prefix cache can only be reset when it is idle (drain it first)",
+        )
+    logger.info("worker %s: prefix cache reset", worker_id)
+    return worker_pb2.ResetPrefixCacheResponse()
 
 
 def status_message(engine: Engine, worker_id: str, role: str) -> worker_pb2.WorkerStatus:

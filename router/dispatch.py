@@ -28,7 +28,7 @@ from pdserve.errors import NoWorkerAvailable, WorkerFailed
 from pdserve.registry import WorkerInfo
 from pdserve.sampling import Sampling
 from pdserve.v1 import generation_pb2, worker_pb2
-from router.selection import RouteSelector
+from router.selection import Selector
 from router.workers import WorkerView
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class RequestState:
 class Dispatcher:
     """Drives requests through prefill and decode workers."""
 
-    def __init__(self, view: WorkerView, selector: RouteSelector, *, max_resumes: int = 2):
+    def __init__(self, view: WorkerView, selector: Selector, *, max_resumes: int = 2):
         self.view = view
         self.selector = selector
         self.max_resumes = max_resumes
@@ -121,9 +121,10 @@ class Dispatcher:
             )
             started = time.monotonic()
             try:
-                answer: worker_pb2.PrefillResponse = await self.view.prefill_stub(
-                    candidate
-                ).Prefill(request, timeout=max(state.remaining_s(), 0.001))
+                with self.view.track(candidate.worker_id, len(state.prompt_ids)):
+                    answer: worker_pb2.PrefillResponse = await self.view.prefill_stub(
+                        candidate
+                    ).Prefill(request, timeout=max(state.remaining_s(), 0.001))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
@@ -173,6 +174,10 @@ class Dispatcher:
             call = self.view.decode_stub(worker).Decode(
                 request, timeout=max(state.remaining_s(), 0.001)
             )
+            tracked = self.view.track(
+                worker.worker_id, 0 if params is not None else len(request.prompt_token_ids)
+            )
+            tracked.__enter__()
             try:
                 async for message in call:
                     received = True
@@ -226,6 +231,7 @@ class Dispatcher:
                 raise
             finally:
                 call.cancel()
+                tracked.__exit__(None, None, None)
             if failure is None and not restart:
                 raise WorkerFailed(
                     f"decode worker {worker.worker_id} ended the stream without a finish reason",

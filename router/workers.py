@@ -8,8 +8,10 @@ logged once; it recovers by itself when Redis returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import grpc
 import redis.asyncio as aioredis
@@ -38,6 +40,10 @@ class WorkerView:
         self.excluded: dict[str, float] = {}
         """Workers that failed a call recently: worker id -> monotonic time until which they
         are skipped (they are re-admitted when the time passes or their registration is new)."""
+        self.inflight_requests: dict[str, int] = {}
+        """This router's requests in flight per worker id."""
+        self.inflight_prefill_tokens: dict[str, int] = {}
+        """Prompt tokens this router has sent to each prefill worker and not yet seen done."""
 
     async def start(self) -> None:
         await self.refresh()
@@ -90,6 +96,26 @@ class WorkerView:
             ),
             key=lambda w: w.worker_id,
         )
+
+    @contextlib.contextmanager
+    def track(self, worker_id: str, prefill_tokens: int = 0) -> Iterator[None]:
+        """Counts a call to ``worker_id`` as in flight (and its prompt tokens as queued prefill
+        work) for as long as the block runs."""
+        self.inflight_requests[worker_id] = self.inflight_requests.get(worker_id, 0) + 1
+        self.inflight_prefill_tokens[worker_id] = (
+            self.inflight_prefill_tokens.get(worker_id, 0) + prefill_tokens
+        )
+        try:
+            yield
+        finally:
+            left = self.inflight_requests[worker_id] - 1
+            tokens = self.inflight_prefill_tokens[worker_id] - prefill_tokens
+            if left:
+                self.inflight_requests[worker_id] = left
+                self.inflight_prefill_tokens[worker_id] = tokens
+            else:
+                del self.inflight_requests[worker_id]
+                del self.inflight_prefill_tokens[worker_id]
 
     def exclude(self, worker_id: str, seconds: float = 5.0) -> None:
         """Skips a worker that just failed until its registration shows it back."""

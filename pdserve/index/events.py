@@ -220,6 +220,23 @@ class KVEventIndexer:
         finally:
             sub.close(linger=0)
 
+    async def engine_cache_reset(self) -> None:
+        """Drops the worker's entries now, after its engine emptied its prefix cache.
+
+        vLLM queues the ``AllBlocksCleared`` of a reset and publishes it with the next scheduler
+        step, which may be long after an idle engine's reset; until then the index would send
+        requests to blocks that are gone. The event still arrives later and is applied as usual.
+        """
+        self._keys.clear()
+        try:
+            await self.index.clear(self.worker_id)
+        except KVIndexError as exc:
+            self.stats.num_index_errors += 1
+            self._resync_pending = True
+            logger.warning(
+                "worker %s: clearing after a cache reset failed: %s", self.worker_id, exc
+            )
+
     async def handle_message(self, frames: Sequence[bytes]) -> None:
         """Applies one ``(topic, seq, payload)`` message, filling a gap before it if needed."""
         parsed = self._parse_frames(frames)

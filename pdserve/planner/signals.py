@@ -9,11 +9,9 @@ Two Redis sources feed it, both under the namespace prefix ``{ns}`` (default ``p
     ``ttft_s``, ``itl_s`` (the request's mean inter-token latency), ``ok`` (``1``/``0``).
     Entry ids are Redis server time, so the window is cut on the server's clock.
 
-``{ns}:workers`` (set) and ``{ns}:worker:{worker_id}`` (hash)
-    The worker registry. Each hash has ``worker_id``, ``role`` (``prefill``/``decode``),
-    ``state`` (``ready``/``draining``), ``endpoint``, ``num_running``, ``num_waiting``,
-    ``kv_usage`` (0..1), ``queued_prefill_tokens`` and ``updated_at``, numbers stored as strings.
-    Hashes carry a heartbeat TTL; a set member whose hash has expired is stale and ignored.
+The worker registry
+    Read through :class:`pdserve.registry.Registry` (its module documents the key schema):
+    live registrations with their published load; expired ones are skipped.
 
 The request rate is measured on completions (a record is written when a request ends), which
 equals the arrival rate in steady state and lags it by about one request duration in a ramp.
@@ -30,6 +28,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from pdserve.config import SLOConfig
+from pdserve.registry import Registry, WorkerInfo
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -42,6 +41,7 @@ __all__ = [
     "WorkerLoad",
     "percentile",
     "publish_request_record",
+    "publish_request_records",
     "request_stream_key",
     "worker_key",
     "workers_key",
@@ -117,16 +117,29 @@ class RequestRecord:
 async def publish_request_record(
     redis: Redis, record: RequestRecord, namespace: str = DEFAULT_NAMESPACE
 ) -> None:
-    """Appends ``record`` to ``{namespace}:requests`` (``XADD ... MAXLEN ~ 100000``).
+    """Appends ``record`` to ``{namespace}:requests`` (``XADD ... MAXLEN ~ 100000``)."""
+    await publish_request_records(redis, [record], namespace)
 
-    The router calls this once per finished request; the planner reads the stream back.
+
+async def publish_request_records(
+    redis: Redis, records: Sequence[RequestRecord], namespace: str = DEFAULT_NAMESPACE
+) -> None:
+    """Appends ``records`` to ``{namespace}:requests`` in one pipelined round trip.
+
+    The router's :class:`router.request_log.RequestLog` calls this for the requests that
+    finished since its last flush; the planner reads the stream back.
     """
-    await redis.xadd(
-        request_stream_key(namespace),
-        record.to_fields(),  # type: ignore[arg-type]
-        maxlen=REQUEST_STREAM_MAXLEN,
-        approximate=True,
-    )
+    if not records:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for record in records:
+            pipe.xadd(
+                request_stream_key(namespace),
+                record.to_fields(),  # type: ignore[arg-type]
+                maxlen=REQUEST_STREAM_MAXLEN,
+                approximate=True,
+            )
+        await pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -144,20 +157,18 @@ class WorkerLoad:
     updated_at: float = 0.0
 
     @classmethod
-    def from_hash(cls, fields: Mapping[Any, Any]) -> WorkerLoad:
-        """Parses a registry hash (bytes or str); unparsable numbers read as 0 and are logged."""
-        f = {_text(k): _text(v) for k, v in fields.items()}
-        worker_id = f.get("worker_id", "")
+    def from_info(cls, info: WorkerInfo) -> WorkerLoad:
+        """The planner's view of a registration read through :class:`pdserve.registry.Registry`."""
         return cls(
-            worker_id=worker_id,
-            role=f.get("role", ""),
-            state=f.get("state", ""),
-            endpoint=f.get("endpoint", ""),
-            num_running=int(_number(f, "num_running", worker_id)),
-            num_waiting=int(_number(f, "num_waiting", worker_id)),
-            kv_usage=_number(f, "kv_usage", worker_id),
-            queued_prefill_tokens=int(_number(f, "queued_prefill_tokens", worker_id)),
-            updated_at=_number(f, "updated_at", worker_id),
+            worker_id=info.worker_id,
+            role=info.role,
+            state=info.state,
+            endpoint=info.endpoint,
+            num_running=info.num_running,
+            num_waiting=info.num_waiting,
+            kv_usage=info.kv_usage if math.isfinite(info.kv_usage) else 0.0,
+            queued_prefill_tokens=info.queued_prefill_tokens,
+            updated_at=info.updated_at,
         )
 
 
@@ -334,12 +345,15 @@ class RedisSignalSource:
 
     async def read_records(self, since_ms: int) -> list[RequestRecord]:
         """Request records whose stream id is at or after ``since_ms`` (newest ``max_records``)."""
-        entries = await self._redis.xrevrange(
-            request_stream_key(self._namespace),
-            max="+",
-            min=str(max(since_ms, 0)),
-            count=self._max_records,
-        ) or []
+        entries = (
+            await self._redis.xrevrange(
+                request_stream_key(self._namespace),
+                max="+",
+                min=str(max(since_ms, 0)),
+                count=self._max_records,
+            )
+            or []
+        )
         if len(entries) >= self._max_records:
             logger.warning(
                 "request window holds more than %d records; rates are undercounted",
@@ -356,24 +370,9 @@ class RedisSignalSource:
         return records
 
     async def read_workers(self) -> list[WorkerLoad]:
-        """Live registered workers, ignoring set members whose hash has expired."""
-        members = sorted(_text(m) for m in await self._redis.smembers(workers_key(self._namespace)))
-        if not members:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for worker_id in members:
-            pipe.hgetall(worker_key(worker_id, self._namespace))
-        hashes = await pipe.execute()
-        workers = []
-        for worker_id, fields in zip(members, hashes, strict=True):
-            if not fields:
-                logger.debug("worker %s is listed but its registration expired", worker_id)
-                continue
-            load = WorkerLoad.from_hash(fields)
-            if not load.worker_id:
-                load = WorkerLoad(**{**asdict(load), "worker_id": worker_id})
-            workers.append(load)
-        return workers
+        """Live registered workers (expired registrations are skipped)."""
+        registry = Registry(self._redis, namespace=self._namespace)
+        return [WorkerLoad.from_info(info) for info in await registry.list_workers()]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
