@@ -52,7 +52,12 @@ def main() -> None:
     config = PdserveConfig()
     config.model.path = args.model
     spec = ClusterSpec(
-        config=config, num_prefill=0, num_decode=1, router_port=allocate_port(), cpu_bind=False
+        config=config,
+        num_prefill=0,
+        num_decode=1,
+        router_port=allocate_port(),
+        router_http_port=0,
+        cpu_bind=False,
     )
     prompt = [100 + (i * 7919) % 30000 for i in range(args.prompt_tokens)]
     sampling = generation_pb2.SamplingParams(

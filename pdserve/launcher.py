@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ class ClusterSpec:
     redis_url: str = ""
     """Empty: start a redis-server on a free port."""
     router_port: int = 50051
+    router_http_port: int = 8000
+    """Port of the router's OpenAI-compatible HTTP API; 0: no HTTP front door."""
     cpu_bind: bool = True
     """Pin each worker's engine to its own core when there are at least as many cores."""
     kv_transfer: bool = True
@@ -70,15 +73,15 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def start_redis(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server on a free loopback port, without persistence."""
+def start_redis(log_path: Path, port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on loopback ``port`` (0: a free one), without persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError(
             "redis-server is not installed: `apt-get install redis-server`, or pass --redis-url"
         )
-    port = allocate_port("127.0.0.1")
-    log = log_path.open("wb")
+    port = port or allocate_port("127.0.0.1")
+    log = log_path.open("ab")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=log,
@@ -108,6 +111,8 @@ class LocalCluster:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.redis_url = spec.redis_url
         self.router_address = f"127.0.0.1:{spec.router_port}"
+        self.http_address = f"127.0.0.1:{spec.router_http_port}" if spec.router_http_port else ""
+        """``host:port`` of the router's OpenAI-compatible HTTP API; empty when disabled."""
         self.worker_ids: dict[str, list[str]] = {"prefill": [], "decode": []}
         self.worker_endpoints: dict[str, str] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="pdserve-"))
@@ -134,6 +139,7 @@ class LocalCluster:
             self.procs.append(("redis", proc))
         config.redis.url = self.redis_url
         config.router.grpc_port = spec.router_port
+        config.router.http_port = spec.router_http_port
         self.config_path.write_text(yaml.safe_dump(config.to_dict()))
 
         roles = ["prefill"] * (spec.num_prefill if spec.kv_transfer else 0)
@@ -217,11 +223,24 @@ class LocalCluster:
                 self._check_alive()
                 with contextlib.suppress(grpc.RpcError):
                     answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING and (
+                        self._http_listening()
+                    ):
                         return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the router did not come up; see {self.log_dir}")
                 time.sleep(0.1)
+
+    def _http_listening(self) -> bool:
+        """True when the HTTP front door is disabled or accepts connections."""
+        if not self.http_address:
+            return True
+        host, _, port = self.http_address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -245,6 +264,40 @@ class LocalCluster:
                 proc.send_signal(sig)
                 return proc.pid
         raise KeyError(name)
+
+    # -- fault tests: bring a killed worker back ------------------------------------------
+
+    def respawn(self, name: str, timeout_s: float = 300.0) -> int:
+        """Starts a worker that has exited again, with its original arguments (same ports),
+        once its old registration has expired; waits until it is registered ``ready`` and
+        returns its new pid. The old log is kept as ``<name>.log.<old pid>``."""
+        index, old = next((i, p) for i, (n, p) in enumerate(self.procs) if n == name)
+        if old.poll() is None:
+            raise RuntimeError(f"{name} (pid {old.pid}) is still running")
+        log = self.log_dir / f"{name}.log"
+        if log.exists():
+            log.rename(self.log_dir / f"{name}.log.{old.pid}")
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        key = f"pdserve:worker:{name}"
+        deadline = time.monotonic() + timeout_s
+        try:
+            while client.exists(key):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the registration of {name} did not expire")
+                time.sleep(0.1)
+            self._spawn(name, [str(a) for a in old.args])  # type: ignore[union-attr]
+            self.procs[index] = self.procs.pop()
+            new = self.procs[index][1]
+            while client.hget(key, "state") != "ready":
+                if new.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {new.returncode}:\n{_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not register again within {timeout_s:.0f} s")
+                time.sleep(0.2)
+            self.worker_endpoints[name] = str(client.hget(key, "endpoint"))
+        finally:
+            client.close()
+        return new.pid
 
     def __enter__(self) -> LocalCluster:
         return self.start()

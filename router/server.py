@@ -8,26 +8,39 @@ become gRPC statuses here and only here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
 
 from pdserve.config import PdserveConfig, redis_password
-from pdserve.errors import InvalidRequest, Overloaded, PdserveError, RequestDeadlineExceeded
+from pdserve.errors import (
+    InvalidRequest,
+    Overloaded,
+    PdserveError,
+    RequestDeadlineExceeded,
+    WorkerFailed,
+)
+from pdserve.index import RedisIndex
 from pdserve.models import resolve_model_path
+from pdserve.planner.signals import RequestRecord
 from pdserve.registry import Registry
 from pdserve.sampling import Sampling, check_sampling
 from pdserve.serving import make_server, set_serving
 from pdserve.v1 import generation_pb2, generation_pb2_grpc
 from pdserve.validation import check_request_id
 from router.dispatch import Dispatcher, RequestState
-from router.selection import RouteSelector
+from router.http import HttpServer
+from router.index_sweeper import IndexSweeper
+from router.policy import RoutingStats
+from router.request_log import RequestLog
+from router.selection import CacheAwareSelector, RoundRobinSelector, Selector
 from router.tokenizer import PromptTokenizer
 from router.workers import WorkerView
 
@@ -69,6 +82,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.max_model_len = max_model_len
         self.num_inflight = 0
         self.stats = RouterStats()
+        self.routing_stats = RoutingStats()
+        """Routing decisions and prefix-index lookups (filled by the cache-aware selector)."""
+        self.request_log: RequestLog | None = None
+        """Where finished requests are recorded for the planner (None: not recorded)."""
 
     # -- validation -------------------------------------------------------------------------
 
@@ -151,9 +168,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 
     # -- the RPCs ---------------------------------------------------------------------------
 
-    async def Generate(
-        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    async def stream(
+        self, request: generation_pb2.GenerateRequest, *, timeout_s: float | None = None
+    ) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
+        """Runs one request and yields its responses; the front doors (gRPC, HTTP) call this.
+
+        Raises :class:`~pdserve.errors.PdserveError` subclasses, never gRPC errors: the caller
+        maps them to its own status codes. ``timeout_s`` is the client's deadline (``None``:
+        the configured default, which also caps it). Closing the iterator early cancels the
+        request in every worker that holds it.
+        """
         received = time.monotonic()
         request_id = request.request_id or uuid.uuid4().hex
         self.stats.num_requests += 1
@@ -166,18 +190,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                     f"{self.config.router.max_concurrent_requests}); retry in a few seconds",
                     request_id=request_id,
                 )
-        except PdserveError as exc:
+        except PdserveError:
             self.stats.num_failed += 1
-            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                context.set_trailing_metadata((("retry-after-ms", "1000"),))
-            await context.abort(exc.code, str(exc))
-            return
-        remaining = context.time_remaining()
+            raise
         timeout = self.config.router.request_timeout_s
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if timeout_s is not None:
+            timeout = min(timeout, timeout_s)
         state = RequestState(
-            request_id=request_id,
+            # Workers see a router-made id: a client's id need not be unique, and the
+            # suffixes of internal calls must stay within the workers' id limit.
+            request_id=f"{request_id[:64]}-{uuid.uuid4().hex[:12]}",
             prompt_ids=ids,
             sampling=sampling,
             model=self.config.model.name,
@@ -185,9 +207,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         )
         self.num_inflight += 1
         first_at = 0.0
+        ok = False
         try:
-            async with asyncio.timeout(timeout):
-                async for chunk in self.dispatcher.run(state):
+            async with (
+                asyncio.timeout(timeout),
+                contextlib.aclosing(self.dispatcher.run(state)) as chunks,
+            ):
+                async for chunk in chunks:
                     if not first_at and chunk.token_ids:
                         first_at = time.monotonic()
                     response = generation_pb2.GenerateResponse(
@@ -198,31 +224,47 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                         response.stop_reason = chunk.stop_reason
                         self._finish(response, state, received, first_at)
                     yield response
+            ok = True
         except TimeoutError:
-            self.stats.num_failed += 1
-            error = RequestDeadlineExceeded(
+            raise RequestDeadlineExceeded(
                 f"the request did not finish within {timeout:.1f} s; "
                 f"{len(state.emitted)} tokens were delivered",
                 request_id=request_id,
-            )
-            await context.abort(error.code, str(error))
-        except PdserveError as exc:
-            self.stats.num_failed += 1
-            logger.warning("%s", exc)
-            await context.abort(exc.code, str(exc))
+            ) from None
         except grpc.aio.AioRpcError as exc:
-            self.stats.num_failed += 1
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                message = f"[{request_id}] the request's deadline passed"
-            else:
-                message = f"[{request_id}] a worker answered {code.name}: {exc.details()}"
-                code = grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, message)
-        else:
-            self.stats.num_ok += 1
+                raise RequestDeadlineExceeded(
+                    f"the request did not finish within {timeout:.1f} s; "
+                    f"{len(state.emitted)} tokens were delivered",
+                    request_id=request_id,
+                ) from exc
+            raise WorkerFailed(
+                f"a worker answered {code.name}: {exc.details()}", request_id=request_id
+            ) from exc
         finally:
             self.num_inflight -= 1
+            if ok:
+                self.stats.num_ok += 1
+            else:
+                self.stats.num_failed += 1
+            if self.request_log is not None:
+                self.request_log.record(_record(state, received, first_at, ok))
+
+    async def Generate(
+        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        try:
+            responses = self.stream(request, timeout_s=context.time_remaining())
+            async with contextlib.aclosing(responses):
+                async for response in responses:
+                    yield response
+        except PdserveError as exc:
+            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                context.set_trailing_metadata((("retry-after-ms", "1000"),))
+            elif not isinstance(exc, InvalidRequest):
+                logger.warning("%s", exc)
+            await context.abort(exc.code, str(exc))
 
     def _finish(
         self,
@@ -265,6 +307,22 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         )
 
 
+def _record(state: RequestState, received: float, first_at: float, ok: bool) -> RequestRecord:
+    """The planner's record of a finished request."""
+    now = time.monotonic()
+    num_tokens = len(state.emitted)
+    ttft = (first_at - received) if first_at else now - received
+    itl = (now - first_at) / (num_tokens - 1) if first_at and num_tokens > 1 else 0.0
+    return RequestRecord(
+        t=time.time() - (now - received),
+        prompt_tokens=len(state.prompt_ids),
+        output_tokens=num_tokens,
+        ttft_s=ttft,
+        itl_s=itl,
+        ok=ok,
+    )
+
+
 def _replace(sampling: Sampling, **changes: object) -> Sampling:
     import dataclasses
 
@@ -280,7 +338,15 @@ class RouterProcess:
         self.redis: aioredis.Redis | None = None
         self.view: WorkerView | None = None
         self.servicer: GenerationServicer | None = None
+        self.sweeper: IndexSweeper | None = None
+        self.request_log: RequestLog | None = None
+        self.routing_stats = RoutingStats()
+        """Routing decisions and index lookups (cache-aware policy only)."""
         self.port = config.router.grpc_port
+        # -- OpenAI-compatible HTTP front door (router/http) --
+        self.http: HttpServer | None = None
+        self.http_port = 0
+        """The bound HTTP port once started; 0 when ``router.http_port`` is 0 (disabled)."""
 
     async def start(self) -> None:
         config = self.config
@@ -300,10 +366,24 @@ class RouterProcess:
             max_message_bytes=config.router.max_message_bytes,
         )
         await self.view.start()
-        dispatcher = Dispatcher(self.view, RouteSelector(self.view))
+        routing = config.router.routing
+        selector: Selector
+        if routing.policy == "round_robin":
+            selector = RoundRobinSelector(self.view)
+        else:
+            index = RedisIndex(self.redis)
+            self.routing_stats = RoutingStats()
+            selector = CacheAwareSelector(self.view, index, routing, self.routing_stats)
+            self.sweeper = IndexSweeper(index, self.view.registry, interval_s=routing.index_sweep_s)
+            await self.sweeper.start()
+        dispatcher = Dispatcher(self.view, selector)
         self.servicer = GenerationServicer(
             config, tokenizer, self.view, dispatcher, config.model.max_model_len
         )
+        self.servicer.routing_stats = self.routing_stats
+        self.request_log = RequestLog(self.redis)
+        await self.request_log.start()
+        self.servicer.request_log = self.request_log
         server, health = make_server(
             [SERVICE_NAME], max_message_bytes=config.router.max_message_bytes
         )
@@ -315,10 +395,23 @@ class RouterProcess:
         await set_serving(health, [SERVICE_NAME])
         self.server = server
         logger.info("router serving pdserve.v1.Generation on port %d", self.port)
+        # -- OpenAI-compatible HTTP front door (router/http) --
+        if config.router.http_port:
+            self.http = HttpServer(
+                self.servicer, host=config.router.host, port=config.router.http_port
+            )
+            self.http_port = await self.http.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        # -- OpenAI-compatible HTTP front door (router/http) --
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace=grace_s)
+        if self.sweeper is not None:
+            await self.sweeper.stop()
+        if self.request_log is not None:
+            await self.request_log.stop()
         if self.view is not None:
             await self.view.stop()
         if self.redis is not None:

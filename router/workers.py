@@ -2,7 +2,9 @@
 
 The view is refreshed in the background (every ``refresh_s``), so a routing decision reads
 memory, not Redis. When Redis is unreachable the last known view is kept and the failure is
-logged once; it recovers by itself when Redis returns.
+logged once; it recovers by itself when Redis returns. A worker whose registration vanished
+while its last heartbeat is still within the TTL (Redis restarted empty) stays in the view
+until it registers again or that TTL passes.
 """
 
 from __future__ import annotations
@@ -76,9 +78,19 @@ class WorkerView:
         if self._registry_down:
             logger.info("worker registry reachable again")
             self._registry_down = False
-        self.workers = {w.worker_id: w for w in workers}
+        fresh = {w.worker_id: w for w in workers}
+        # A registration can vanish without its worker dying: a restarted (empty) Redis, until
+        # the worker's next heartbeat writes it again. Keep a vanished worker while its last
+        # heartbeat is within the TTL; one that really died was already that old when its key
+        # expired, so it leaves at once.
+        wall = time.time()
+        for worker_id, known in self.workers.items():
+            if worker_id not in fresh and known.state != "draining":
+                if wall - known.updated_at < self.registry.ttl_s:
+                    fresh[worker_id] = known
+        self.workers = fresh
         self.refreshed_at = time.monotonic()
-        live = {w.endpoint for w in workers}
+        live = {w.endpoint for w in self.workers.values()}
         for endpoint in [e for e in self._channels if e not in live]:
             await self._channels.pop(endpoint).close()
 

@@ -46,6 +46,12 @@ def engine_config(model: Path) -> PdserveConfig:
 
 
 @pytest.fixture(scope="session")
+def make_engine_config() -> Callable[[Path], PdserveConfig]:
+    """``engine_config`` for test modules that start clusters of their own."""
+    return engine_config
+
+
+@pytest.fixture(scope="session")
 def cluster(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Router + 1 prefill + 1 decode worker + redis-server, shared by the whole session."""
     spec = ClusterSpec(
@@ -53,6 +59,7 @@ def cluster(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         num_prefill=1,
         num_decode=1,
         router_port=allocate_port("127.0.0.1"),
+        router_http_port=allocate_port("127.0.0.1"),
         cpu_bind=False,
         log_dir=tmp_path_factory.mktemp("cluster-logs"),
     )

@@ -21,7 +21,8 @@ prompt's keys in order with SMISMEMBER over the workers still matching, stops at
 none of them holds, and returns each worker's leading count; ``add``/``evict`` send one script
 call per 1,024 keys in one pipeline; ``clear`` pops a worker's ZSET 4,096 members per script
 call, so a large worker never blocks Redis for long. Scripts are called by SHA and sent again
-(EVAL / SCRIPT LOAD) when Redis answers NOSCRIPT, e.g. after a restart.
+(EVAL / SCRIPT LOAD) when Redis answers NOSCRIPT, e.g. after a restart; a call that fails on a
+broken connection (a Redis restart leaves the pooled ones broken) is retried on a new one.
 
 The scripts touch keys they compute from their arguments, so this needs a standalone Redis (or
 a replica set), not Redis Cluster.
@@ -50,6 +51,7 @@ DEFAULT_NAMESPACE = "pdserve:idx"
 DEFAULT_MAX_BLOCKS_PER_WORKER = 262_144
 _WRITE_CHUNK = 1024
 _CLEAR_CHUNK = 4096
+_CONNECTION_ATTEMPTS = 3
 
 T = TypeVar("T")
 
@@ -343,11 +345,20 @@ class RedisIndex:
 
 async def _with_reload(first: Callable[[], Awaitable[T]], again: Callable[[], Awaitable[T]]) -> T:
     async with _redis_errors():
-        try:
-            return await first()
-        except redis_errors.NoScriptError:
-            # Redis restarted or flushed its script cache; every script is idempotent to retry.
-            return await again()
+        for attempt in range(_CONNECTION_ATTEMPTS):
+            try:
+                try:
+                    return await first()
+                except redis_errors.NoScriptError:
+                    # Redis restarted or flushed its script cache; every script is idempotent.
+                    return await again()
+            except redis_errors.ConnectionError:
+                # A pooled connection to a Redis that restarted fails once, then the client
+                # reconnects: try again (the scripts are idempotent). Timeouts are not retried,
+                # so a hung Redis costs one timeout, not several.
+                if attempt + 1 == _CONNECTION_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
 
 @asynccontextmanager

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from index_redis_server import free_port, start_redis_server
+from index_redis_server import RedisServer, free_port, start_redis_server
 
 from pdserve.index import BlockKey, IndexUnavailable, KVIndexError, RedisIndex, block_keys
+from pdserve.launcher import start_redis
 
 
 async def test_key_schema(redis_index: RedisIndex, redis_url: str) -> None:
@@ -89,6 +90,26 @@ async def test_redis_dying_under_a_live_index_raises_index_unavailable(tmp_path:
         server.stop()
         with pytest.raises(IndexUnavailable):
             await index.lookup([BlockKey(1)])
+    finally:
+        server.stop()
+        await index.aclose()
+
+
+async def test_first_calls_after_a_redis_restart_succeed(tmp_path: Path) -> None:
+    """A restarted Redis leaves the client's pooled connections broken; the index's first
+    write must not be lost to that (the engine would never report those blocks again)."""
+    server = start_redis_server(tmp_path / "redis")
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    index = RedisIndex.from_url(server.url, timeout_s=0.5)
+    try:
+        await index.add("w", [BlockKey(1)])
+        assert await index.lookup([BlockKey(1)]) == {"w": 1}
+        server.stop()
+        process, url = start_redis(tmp_path / "redis" / "again.log", port=port)
+        server = RedisServer(url, process)
+        await index.add("w", [BlockKey(2)])  # the first call on the broken connection
+        assert await index.lookup([BlockKey(2)]) == {"w": 1}
+        assert index.stats.num_script_reloads >= 1  # the new Redis had no scripts
     finally:
         server.stop()
         await index.aclose()

@@ -187,6 +187,7 @@ async def test_no_worker_registered_is_unavailable(cluster: LocalCluster, tmp_pa
     config = PdserveConfig.from_dict(cluster.spec.config.to_dict())
     config.redis.url = url
     config.router.grpc_port = allocate_port("127.0.0.1")
+    config.router.http_port = 0  # the copied config holds the cluster router's HTTP port
     router = RouterProcess(config)
     await router.start()
     try:

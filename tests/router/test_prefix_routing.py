@@ -179,7 +179,21 @@ async def test_a_new_router_replica_routes_the_same_way_at_once(
         assert last.usage.cached_prompt_tokens >= PREFIX_BLOCKS * BLOCK
     finally:
         proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            stacks = await asyncio.to_thread(_stacks, proc.pid)
+            proc.kill()
+            pytest.fail(f"the second router did not exit on SIGTERM within 30 s:\n{stacks}")
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of a live process (py-spy ships with Ray's dashboard extras)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    dump = subprocess.run(
+        [str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, check=False
+    )
+    return dump.stdout + dump.stderr
 
 
 def _start_router(config_path: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -271,13 +285,16 @@ async def test_router_serves_through_a_redis_outage(
     def reregistered() -> bool:
         client = redis.Redis.from_url(prefix_cluster.redis_url, decode_responses=True)
         try:
-            return bool(client.hget("pdserve:worker:prefill-1", "state") == "ready")
+            states = [
+                client.hget(f"pdserve:worker:{w}", "state") for w in ("prefill-1", "decode-0")
+            ]
+            return states == ["ready", "ready"]
         except redis.ConnectionError:
             return False
         finally:
             client.close()
 
-    await wait_until(reregistered, 30, "prefill-1 to register again in the new Redis")
+    await wait_until(reregistered, 30, "the live workers to register again in the new Redis")
     # The new Redis is empty, and blocks an engine already holds are not stored again, so the
     # index refills with what the engines store from now on: a new prefix.
     other = _tokens(PREFIX_BLOCKS * BLOCK, 8)

@@ -26,15 +26,15 @@ BLOCK = 128
 MODEL = "m"
 
 
-def _worker(worker_id: str, role: str, **load: float) -> WorkerInfo:
+def _worker(worker_id: str, role: str, compat: str = "c1", num_running: int = 0) -> WorkerInfo:
     return WorkerInfo(
         worker_id=worker_id,
         role=role,
         endpoint=f"127.0.0.1:{1000 + len(worker_id)}",
         model=MODEL,
-        compat_hash=str(load.pop("compat", "c1")),
+        compat_hash=compat,
         block_size=BLOCK,
-        **{k: (int(v) if k != "kv_usage" else v) for k, v in load.items()},  # type: ignore[arg-type]
+        num_running=num_running,
     )
 
 
