@@ -39,6 +39,18 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
             assert option in text
 
 
+def test_pdserve_bench_help_lists_every_option() -> None:
+    """The top-level ``pdserve bench --help`` documents the same options as the parser."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "pdserve.cli", "bench", "--help"],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for action in build_parser()._actions:
+        for option in action.option_strings:
+            assert option in proc.stdout, option
+    assert "docs/bench.md" in proc.stdout or "TTFT" in proc.stdout
+
+
 def test_add_parser_registers_bench_with_a_handler() -> None:
     root = argparse.ArgumentParser(prog="pdserve")
     add_parser(root.add_subparsers(dest="command"))
@@ -67,6 +79,16 @@ def test_add_parser_registers_bench_with_a_handler() -> None:
         (["--target", "a=nohost"], "is not host:port"),
         (["--target", "a=h:1", "--target", "a=h:2"], "--target: names must be unique"),
         (["--vocab-size", "20"], "vocab_size must be > 100"),
+        (["--concurrency", "0"], "--concurrency: must be >= 1"),
+        (["--channels", "0"], "--channels: must be >= 1"),
+        (["--warmup", "-1"], "--warmup: must be >= 0"),
+        (["--input-len", "many"], "--input-len: 'many' is not an integer"),
+        (["--temperature", "-1"], "--temperature: must be a finite number >= 0"),
+        (["--connect-timeout", "0s"], "--connect-timeout: must be > 0"),
+        (["--percentiles", "p99"], "--percentiles: 'p99' is not a number"),
+        (["--compare-mode", "parallel"], "--compare-mode: invalid choice: 'parallel'"),
+        (["--slo", "ttft=0ms"], "--slo: the ttft SLO must be > 0"),
+        (["--slo", ""], "--slo: '' sets no SLO"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(argv: list[str], message: str,
