@@ -174,6 +174,10 @@ class WorkerConfig:
     default."""
     kv_events: bool = True
     """Publish the engine's KV-cache events and index them in Redis, for prefix-aware routing."""
+    chunked_prefill: bool | None = None
+    """Let the engine split long prompts over steps, mixed with other requests' decode steps.
+    Empty (null): on with GPUs, off on CPUs, where vLLM's seeded sampling breaks on a split prompt
+    and kills the engine. Set it true on a CPU only for greedy or unseeded traffic."""
 
     def __post_init__(self) -> None:
         if self.grpc_port:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineLoad", "EngineSpec"]
+__all__ = ["Engine", "EngineLoad", "EngineSpec", "reap_with_this_process"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class EngineSpec:
     cpu_threads_bind: str = ""
     enforce_eager: bool = False
     seed: int = 0
+    chunked_prefill: bool | None = None
+    """Split long prompts over scheduler steps. None: on, except on CPU, where vLLM's seeded
+    sampling fails on a split prompt (its CPU random generators cannot rewind) and kills the
+    engine; a request with a seed (every sampled request through the router) would do that."""
 
 
 @dataclass
@@ -63,6 +69,43 @@ class EngineLoad:
     prompt_tokens_local_hit: int = 0
     prompt_tokens_transferred: int = 0
     updated_at: float = field(default_factory=time.monotonic)
+
+
+# -- engine processes die with their worker ---------------------------------------------------
+
+_WATCHDOG = """
+import ctypes, os, signal, sys
+parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+def reap(*_):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, reap)
+ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    reap()
+while True:
+    signal.pause()
+"""
+
+
+def reap_with_this_process(pids: list[int]) -> subprocess.Popen[bytes] | None:
+    """Starts a watchdog that SIGKILLs ``pids`` when this process dies, however it dies.
+
+    vLLM runs its engine core (and, on CPUs, a model-runner process) as children of the worker.
+    A worker killed with SIGKILL (or by the OOM killer) cannot stop them: they would live on,
+    holding their KV cache, spinning their CPU threads and keeping the NIXL side-channel port
+    bound. The watchdog is told by the kernel (``PR_SET_PDEATHSIG``) when the worker exits and
+    then kills them. Linux only; elsewhere returns None."""
+    if not sys.platform.startswith("linux") or not pids:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), *map(str, pids)],
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _is_cpu() -> bool:
@@ -79,6 +122,7 @@ class Engine:
         self.load = EngineLoad()
         self.transfers = TransferStats()
         self._llm: AsyncLLM | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.block_size = 0
         self.vocab_size = 0
         self.compat_hash = ""
@@ -112,6 +156,7 @@ class Engine:
         dtype = spec.dtype
         if dtype == "auto" and cpu:
             dtype = "float32"  # bf16 is 4-5x slower on CPUs without AMX
+        chunked_prefill = (not cpu) if spec.chunked_prefill is None else spec.chunked_prefill
         kwargs: dict[str, Any] = dict(
             model=spec.model_path,
             served_model_name=spec.served_name,
@@ -119,10 +164,14 @@ class Engine:
             max_model_len=spec.max_model_len,
             max_num_seqs=spec.max_num_seqs,
             enable_prefix_caching=True,
+            enable_chunked_prefill=chunked_prefill,
             seed=spec.seed,
             disable_log_stats=False,
             enforce_eager=spec.enforce_eager,
         )
+        if not chunked_prefill:
+            # Without chunking a whole prompt must fit in one step's token budget.
+            kwargs["max_num_batched_tokens"] = max(2048, spec.max_model_len)
         if not cpu:
             kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
         if spec.connector is not None:
@@ -134,6 +183,11 @@ class Engine:
         args = AsyncEngineArgs(**kwargs)
         started = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
+        import psutil
+
+        self._watchdog = reap_with_this_process(
+            [p.pid for p in psutil.Process().children(recursive=True)]
+        )
         config = self._llm.vllm_config
         self.block_size = int(config.cache_config.block_size)
         self.max_model_len = int(config.model_config.max_model_len)
@@ -141,12 +195,14 @@ class Engine:
         self.eos_token_id = self._llm.get_tokenizer().eos_token_id
         self.compat_hash = compat_hash(self.kv_layout())
         logger.info(
-            "engine for %s started in %.1f s (block size %d, dtype %s, connector %s)",
+            "engine for %s started in %.1f s (block size %d, dtype %s, connector %s, "
+            "chunked prefill %s)",
             spec.served_name,
             time.monotonic() - started,
             self.block_size,
             dtype,
             spec.connector.role if spec.connector else "none",
+            "on" if chunked_prefill else "off",
         )
 
     def kv_layout(self) -> KVLayout:
@@ -246,6 +302,10 @@ class Engine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        if self._watchdog is not None:  # the engine's processes are gone: stand it down
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
 
     def _stat_logger_factory(self) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase

@@ -126,6 +126,7 @@ class WorkerProcess:
                 cpu_threads_bind=config.worker.cpu_threads_bind,
                 enforce_eager=config.worker.enforce_eager,
                 kv_events=kv_events,
+                chunked_prefill=config.worker.chunked_prefill,
             )
         )
         await self.engine.start()

@@ -107,6 +107,29 @@ async def test_eight_concurrent_mixed_lengths(
         assert ids == _reference_ids(reference, prompt, 8)
 
 
+async def test_concurrent_sampled_long_prompts_keep_the_engines_alive(
+    cluster: LocalCluster, worker_status: StatusFn
+) -> None:
+    """Sampled requests get a seed; four 700-token prompts exceed one step's 2048-token budget,
+    which on a CPU engine with chunked prefill would split a seeded prompt and kill the engine
+    (vLLM's CPU generators cannot rewind). All must complete, and the workers stay up."""
+    prompts = [_prompt(700, 300 + i) for i in range(4)]
+    async with AsyncClient(cluster.router_address) as aclient:
+        results = await asyncio.gather(
+            *(
+                aclient.complete(
+                    token_ids=p, max_tokens=6, temperature=0.8, ignore_eos=True, timeout=300
+                )
+                for p in prompts
+            )
+        )
+    for _, ids, last in results:
+        assert len(ids) == 6
+        assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    for worker_id in ("prefill-0", "decode-0"):
+        assert worker_status(cluster, worker_id).worker_id == worker_id
+
+
 def test_chat_uses_the_models_chat_template(cluster: LocalCluster, client: Client) -> None:
     from transformers import AutoTokenizer
 
