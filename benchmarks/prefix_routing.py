@@ -222,7 +222,7 @@ def main() -> None:
         num_decode=args.decode,
         router_port=allocate_port("127.0.0.1"),
         router_http_port=0,
-        cpu_bind=False,
+        cpu_bind=True,
     )
     requests = workload(args)
     print(

@@ -41,15 +41,35 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = PdserveConfig.load(args.config)
     if args.model:
         config.model.path = args.model
+    if args.runtime == "processes" and args.ray_address:
+        print("error: --ray-address needs --runtime ray", file=sys.stderr)
+        return 2
     spec = ClusterSpec(
         config=config,
         num_prefill=args.prefill,
         num_decode=args.decode,
         redis_url=args.redis_url or "",
         router_port=args.port,
+        router_http_port=config.router.http_port if args.http_port is None else args.http_port,
         cpu_bind=not args.no_cpu_bind,
     )
-    cluster = LocalCluster(spec)
+    cluster: Any
+    if args.runtime == "ray":
+        from pdserve.ray_runtime.cluster import RayClusterOptions, RayLocalCluster
+        from pdserve.ray_runtime.node import RayOptions
+
+        cluster = RayLocalCluster(
+            spec,
+            RayClusterOptions(
+                ray=RayOptions(
+                    address=args.ray_address or "",
+                    include_dashboard=not args.no_dashboard,
+                    dashboard_port=args.dashboard_port,
+                )
+            ),
+        )
+    else:
+        cluster = LocalCluster(spec)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -64,8 +84,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
     try:
         cluster.start()
+        # ray.init installs its own SIGTERM handler: make Ctrl-C / SIGTERM stop the cluster here.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         print(f"router (gRPC)   {cluster.router_address}")
+        if cluster.http_address:
+            print(f"router (HTTP)   http://{cluster.http_address}/v1  (OpenAI-compatible)")
         print(f"redis           {cluster.redis_url}")
+        ray_node = getattr(cluster, "ray_node", None)
+        if ray_node is not None:
+            print(f"ray             {ray_node.address}")
+            if ray_node.dashboard_url:
+                print(f"ray dashboard   {ray_node.dashboard_url}")
+            print(f"ray metrics     http://127.0.0.1:{ray_node.metrics_export_port}/metrics")
+            print("worker logs     Ray dashboard > Actors (locally /tmp/ray/session_latest/logs)")
         for worker_id, endpoint in sorted(cluster.worker_endpoints.items()):
             print(f"{worker_id:<15} {endpoint}")
         print(f"logs            {cluster.log_dir}", flush=True)
@@ -109,10 +141,31 @@ def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--prefill", type=int, default=1, help="prefill workers (default 1)")
     p.add_argument("--decode", type=int, default=1, help="decode workers (default 1)")
     p.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="router OpenAI-compatible HTTP port (default: router.http_port, 8000; 0: off)",
+    )
     p.add_argument("--redis-url", help="use this Redis instead of starting a redis-server")
     p.add_argument(
-        "--no-cpu-bind", action="store_true", help="do not pin each engine to its own core"
+        "--no-cpu-bind",
+        action="store_true",
+        help="do not pin each engine to its own core (--runtime processes only)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=["ray", "processes"],
+        default="ray",
+        help="ray (default): workers are Ray actors managed by the pool manager; processes: "
+        "plain child processes, one engine pinned per core (benchmarks)",
+    )
+    p.add_argument(
+        "--ray-address", help="join this Ray cluster instead of starting a local one"
+    )
+    p.add_argument(
+        "--dashboard-port", type=int, default=8265, help="local Ray dashboard port (8265)"
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="start Ray without its dashboard")
     p.add_argument("--sample", help="send this chat message once the cluster is up")
     p.add_argument("--sample-max-tokens", type=int, default=32)
     p.add_argument("--once", action="store_true", help="stop after the sample request")
@@ -189,6 +242,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     config = PdserveConfig.load(args.config)
     url = args.redis_url or config.redis.url
+    if not args.no_ray:
+        from pdserve.ray_runtime.status import format_ray_status, read_ray_status_bounded
+
+        ray_status = read_ray_status_bounded(args.ray_address)
+        if ray_status is not None:
+            print(format_ray_status(ray_status))
+            print()
+            url = url or str(ray_status.manager.get("redis_url", ""))
     if not url:
         print("error: pass --redis-url or set redis.url / PDSERVE_REDIS_URL", file=sys.stderr)
         return 2
@@ -217,6 +278,12 @@ def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = sub.add_parser("status", help="list the registered workers and their load")
     p.add_argument("--config")
     p.add_argument("--redis-url")
+    p.add_argument(
+        "--ray-address",
+        default="auto",
+        help="Ray cluster whose pools to show (default: the running one, if any)",
+    )
+    p.add_argument("--no-ray", action="store_true", help="read the registry only")
     p.set_defaults(handler=_cmd_status)
 
 

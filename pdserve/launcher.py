@@ -1,7 +1,7 @@
 """A whole pdserve cluster on one machine: Redis, workers and the router as child processes.
 
 :class:`LocalCluster` starts a ``redis-server`` on a free port (unless given a URL), the prefill
-and decode workers (one engine per process, each pinned to its own core when there are enough),
+and decode workers (one engine per process, each pinned to one core, round robin),
 then the router, and waits until every worker has registered and the router answers health
 checks. :meth:`LocalCluster.stop` stops them in reverse order (SIGTERM, then SIGKILL after a
 grace period). Children are also told by the kernel to die with the launcher (PR_SET_PDEATHSIG),
@@ -51,7 +51,8 @@ class ClusterSpec:
     router_http_port: int = 8000
     """Port of the router's OpenAI-compatible HTTP API; 0: no HTTP front door."""
     cpu_bind: bool = True
-    """Pin each worker's engine to its own core when there are at least as many cores."""
+    """Pin each worker's engine to one core (round robin over the cores when there are more
+    engines than cores)."""
     kv_transfer: bool = True
     """False: decode workers run plain engines and no prefill workers are started."""
     log_dir: Path | None = None
@@ -145,9 +146,8 @@ class LocalCluster:
         roles = ["prefill"] * (spec.num_prefill if spec.kv_transfer else 0)
         roles += ["decode"] * spec.num_decode
         cores = os.cpu_count() or 1
-        pin = spec.cpu_bind and len(roles) <= cores
         counts = {"prefill": 0, "decode": 0}
-        for core, role in enumerate(roles):
+        for index, role in enumerate(roles):
             worker_id = f"{role}-{counts[role]}"
             counts[role] += 1
             args = [
@@ -163,8 +163,10 @@ class LocalCluster:
                 "--nixl-port",
                 str(allocate_port("127.0.0.1")),
             ]
-            if pin:
-                args += ["--cpu-bind", str(core)]
+            if spec.cpu_bind:
+                # One core per engine, round robin: an engine's OpenMP threads spin-wait, so
+                # engines sharing all cores slow each other down far more than pinned ones.
+                args += ["--cpu-bind", str(index % cores)]
             if not spec.kv_transfer:
                 args.append("--no-kv-transfer")
             self._spawn(worker_id, args)

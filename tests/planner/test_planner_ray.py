@@ -1,7 +1,8 @@
 """RayActuator and the Ray metrics export against a real local Ray (slow start: one per module).
 
 The pool manager here is a stand-in actor with the interface the real one offers (``scale``,
-``sizes``); the end-to-end test with the real pool manager belongs with it.
+``sizes``), so these tests start no engine; the real pool manager (real worker actors and
+engines) is driven through ``RayActuator`` in tests/ray_runtime/test_ray_cluster.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,292 @@
+"""A whole pdserve cluster on Ray: ``pdserve up``'s default launcher.
+
+:class:`RayLocalCluster` starts a ``redis-server`` (unless given a URL), starts a local Ray (or
+joins one), creates the pool manager and through it the prefill and decode worker actors, waits
+until every worker is ready in the registry, then starts the router as a child process (a
+router needs only Redis, never Ray). It has the public attributes of
+:class:`pdserve.launcher.LocalCluster` (``router_address``, ``redis_url``, ``worker_ids``,
+``worker_endpoints``, ``log_dir``, ``procs``) plus ``pool_manager`` and ``ray_node``.
+
+:meth:`RayLocalCluster.stop` stops the router, removes the workers and the pool manager, shuts
+down the Ray it started, and stops Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pdserve.launcher import ClusterSpec, start_redis
+from pdserve.models import resolve_model_path
+from pdserve.ray_runtime.names import POOL_MANAGER_NAME, RAY_NAMESPACE, worker_id
+from pdserve.ray_runtime.node import RayNode, RayOptions, connect_ray
+from pdserve.ray_runtime.placement import PlacementPolicy
+
+__all__ = ["RayClusterOptions", "RayLocalCluster"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RayClusterOptions:
+    """What the Ray launcher needs beyond :class:`~pdserve.launcher.ClusterSpec`."""
+
+    ray: RayOptions = field(default_factory=RayOptions)
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    drain_timeout_s: float = 30.0
+    """How long a drained worker may take to finish its running requests."""
+    reconcile_interval_s: float = 2.0
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class RayLocalCluster:
+    """Starts and stops a pdserve cluster on Ray (see the module docstring)."""
+
+    def __init__(self, spec: ClusterSpec, options: RayClusterOptions | None = None) -> None:
+        if not spec.kv_transfer:
+            raise ValueError("the Ray launcher runs disaggregated pools only (kv_transfer=True)")
+        self.spec = spec
+        self.options = options or RayClusterOptions()
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.redis_url = spec.redis_url
+        self.router_address = f"127.0.0.1:{spec.router_port}"
+        http_port = int(getattr(spec, "router_http_port", 0) or 0)
+        self.http_address = f"127.0.0.1:{http_port}" if http_port else ""
+        """``host:port`` of the router's OpenAI-compatible HTTP API; empty when disabled."""
+        self.worker_ids: dict[str, list[str]] = {"prefill": [], "decode": []}
+        self.worker_endpoints: dict[str, str] = {}
+        self._tmp = Path(tempfile.mkdtemp(prefix="pdserve-"))
+        self.log_dir = spec.log_dir or self._tmp / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self._tmp / "config.yaml"
+        self.ray_node: RayNode | None = None
+        self.pool_manager: Any = None
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> RayLocalCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        import ray
+
+        from pdserve.ray_runtime.pool_manager import PoolManager
+
+        spec = self.spec
+        config = spec.config
+        config.model.path = str(resolve_model_path(config.model.path))
+        if not self.redis_url:
+            proc, self.redis_url = start_redis(self.log_dir / "redis.log")
+            self.procs.append(("redis", proc))
+        config.redis.url = self.redis_url
+        config.router.grpc_port = spec.router_port
+        if hasattr(config.router, "http_port"):
+            config.router.http_port = int(getattr(spec, "router_http_port", 0) or 0)
+        self.config_path.write_text(yaml.safe_dump(config.to_dict()))
+
+        self.ray_node = connect_ray(self.options.ray)
+        worker_config = config.to_dict()
+        worker_env = {}
+        if not self.options.ray.address:
+            # Every worker shares this machine: each takes free ports of its own.
+            worker_config["worker"]["grpc_port"] = 0
+            worker_config["worker"]["nixl_port"] = 0
+            worker_env["PDSERVE_ADVERTISE_HOST"] = "127.0.0.1"
+        # One machine: pin CPU engines to cores, as the process launcher does (vLLM's own
+        # binding would put every engine on the same core).
+        cpu_cores = (os.cpu_count() or 1) if spec.cpu_bind and not self.options.ray.address else 0
+        try:
+            ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE)
+        except ValueError:
+            pass
+        else:
+            raise RuntimeError(
+                f"a pdserve pool manager ({POOL_MANAGER_NAME!r}) already runs in this Ray "
+                "cluster; stop that pdserve first"
+            )
+        self.pool_manager = (
+            ray.remote(PoolManager)
+            .options(
+                name=POOL_MANAGER_NAME,
+                namespace=RAY_NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=-1,
+                max_concurrency=100,
+            )
+            .remote(
+                worker_config,
+                placement=self.options.placement,
+                worker_env=worker_env,
+                drain_timeout_s=self.options.drain_timeout_s,
+                reconcile_interval_s=self.options.reconcile_interval_s,
+                cpu_cores=cpu_cores,
+            )
+        )
+        ray.get(self.pool_manager.ping.remote(), timeout=120)
+        for role, n in (("prefill", spec.num_prefill), ("decode", spec.num_decode)):
+            ray.get(self.pool_manager.scale.remote(role, n), timeout=60)
+            self.worker_ids[role] = [worker_id(role, i) for i in range(n)]
+        self._wait_for_workers()
+        self._spawn_router()
+        self._wait_for_router()
+
+    def _wait_for_workers(self) -> None:
+        import ray
+
+        expected = {w for ids in self.worker_ids.values() for w in ids}
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        deadline = time.monotonic() + self.spec.start_timeout_s
+        next_check = 0.0
+        try:
+            while True:
+                ready = {
+                    w for w in expected if client.hget(f"pdserve:worker:{w}", "state") == "ready"
+                }
+                if ready == expected:
+                    for w in sorted(expected):
+                        endpoint = client.hget(f"pdserve:worker:{w}", "endpoint")
+                        self.worker_endpoints[w] = str(endpoint)
+                    return
+                if time.monotonic() > next_check:
+                    next_check = time.monotonic() + 5.0
+                    failed = [
+                        f"{w['name']}: {w.get('error') or 'failed'}"
+                        for w in ray.get(self.pool_manager.workers.remote(), timeout=60)
+                        if w["state"] == "failed"
+                    ]
+                    if failed:
+                        raise RuntimeError(
+                            "workers failed to start: " + "; ".join(failed)
+                            + " (their logs are in Ray's session log directory)"
+                        )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"workers {sorted(expected - ready)} did not register within "
+                        f"{self.spec.start_timeout_s:.0f} s"
+                    )
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def _spawn_router(self) -> None:
+        log = (self.log_dir / "router.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pdserve.cli", "router", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1"),
+            preexec_fn=_die_with_parent,
+        )
+        self.procs.append(("router", proc))
+
+    def _wait_for_router(self) -> None:
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(self.router_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                for name, proc in self.procs:
+                    if proc.poll() is not None:
+                        raise RuntimeError(
+                            f"{name} exited with code {proc.returncode}; see {self.log_dir}"
+                        )
+                with contextlib.suppress(grpc.RpcError):
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING and (
+                        self._http_listening()
+                    ):
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the router did not come up; see {self.log_dir}")
+                time.sleep(0.1)
+
+    def _http_listening(self) -> bool:
+        if not self.http_address:
+            return True
+        host, _, port = self.http_address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    # -- operations -------------------------------------------------------------------------
+
+    def scale(self, role: str, n: int, timeout_s: float = 120.0) -> dict[str, int]:
+        """Sets pool ``role`` to ``n`` workers through the pool manager."""
+        import ray
+
+        sizes: dict[str, int] = ray.get(self.pool_manager.scale.remote(role, n), timeout=timeout_s)
+        return sizes
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The pool manager's view of every worker actor."""
+        import ray
+
+        rows: list[dict[str, Any]] = ray.get(self.pool_manager.workers.remote(), timeout=60)
+        return rows
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stops the router, the workers, the pool manager, the Ray it started, then Redis."""
+        import ray
+
+        router = [(n, p) for n, p in self.procs if n != "redis"]
+        rest = [(n, p) for n, p in self.procs if n == "redis"]
+        _stop_procs(router, grace_s)
+        if self.pool_manager is not None and ray.is_initialized():
+            try:
+                ray.get(self.pool_manager.shutdown.remote(), timeout=60)
+            except Exception as exc:  # the workers die with Ray below when it was started here
+                logger.warning("pool manager shutdown failed: %s", exc)
+            with contextlib.suppress(Exception):
+                ray.kill(self.pool_manager, no_restart=True)
+            self.pool_manager = None
+        if self.ray_node is not None and self.ray_node.started_here and ray.is_initialized():
+            ray.shutdown()
+        self.ray_node = None
+        _stop_procs(rest, grace_s)
+        self.procs.clear()
+
+    def __enter__(self) -> RayLocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stop_procs(procs: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
