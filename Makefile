@@ -35,7 +35,7 @@ proto: $(VENV)/.installed $(PROTOS)
 
 ## demo: a local cluster with the default model, answering one sample request
 demo: setup
-	$(PY) -m pdserve.cli up --sample "What is the capital of France?"
+	$(PY) -m pdserve.cli up --sample "What is the capital of France?" --once
 
 up: setup
 	$(VENV)/bin/pdserve up

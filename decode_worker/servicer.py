@@ -79,6 +79,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
         if params is not None:
             self.engine.transfers.record_request(num_blocks(request.kv_transfer_params))
         self.num_inflight += 1
+        sent = False
         try:
             stream = self.engine.generate(rid, ids, sampling, kv_transfer_params=params)
             async with contextlib.aclosing(stream) as outputs:
@@ -95,7 +96,15 @@ class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
                             message.stop_reason = str(completion.stop_reason)
                         message.num_prompt_tokens = len(ids)
                         message.num_cached_tokens = int(output.num_cached_tokens or 0)
+                    sent = True
                     yield message
+        except ValueError as exc:  # the engine's own checks of the request
+            if sent:
+                raise
+            await abort_with(
+                context,
+                InvalidRequest(f"the engine refused the request: {exc}", request_id=rid),
+            )
         finally:
             self.num_inflight -= 1
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pdserve.errors import PdserveError
+from pdserve.validation import UndecodableRequestInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ def make_server(
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server that already serves ``grpc.health.v1`` (each service and the overall
     status start SERVING) and reflection for ``service_names``."""
-    server = grpc.aio.server(options=channel_options(max_message_bytes))
+    server = grpc.aio.server(
+        options=channel_options(max_message_bytes),
+        interceptors=[UndecodableRequestInterceptor()],
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -5,10 +5,10 @@
 reflection, registers in Redis with a heartbeat carrying its load, and on SIGTERM/SIGINT marks
 itself draining, lets running requests finish (bounded), and leaves the registry.
 
-With ``worker.kv_events`` (the default) the engine publishes its KV-cache events on a loopback
-ZMQ socket and the worker runs a :class:`~pdserve.index.KVEventIndexer` that applies them to the
-Redis prefix-cache index, which the routers read. The worker's index entries are dropped when it
-stops (and by the routers' sweep when its registration expires).
+With ``worker.kv_events`` (the default) the engine publishes its KV-cache events on a ZMQ Unix
+socket in a private directory and the worker runs a :class:`~pdserve.index.KVEventIndexer`
+that applies them to the Redis prefix-cache index, which the routers read. The worker's index
+entries are dropped when it stops (and by the routers' sweep when its registration expires).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +31,7 @@ import redis.asyncio as aioredis
 from kv_transfer import ConnectorSpec, allocate_port
 from pdserve.config import PdserveConfig, advertise_host, redis_password
 from pdserve.engine import Engine, EngineSpec
-from pdserve.index import KVEventIndexer, KVIndexError, RedisIndex, kv_events_config
+from pdserve.index import KVEventIndexer, KVIndexError, RedisIndex, kv_events_ipc_config
 from pdserve.models import resolve_model_path
 from pdserve.registry import Heartbeat, Registry, WorkerInfo
 from pdserve.serving import make_server, set_serving
@@ -74,6 +76,7 @@ class WorkerProcess:
         self.indexer: KVEventIndexer | None = None
         self._index: RedisIndex | None = None
         self._indexer_task: asyncio.Task[None] | None = None
+        self._kv_events_dir = ""
 
     def info(self) -> WorkerInfo:
         engine = self.engine
@@ -110,9 +113,8 @@ class WorkerProcess:
             )
         kv_events = None
         if config.worker.kv_events:
-            kv_events = kv_events_config(
-                allocate_port("127.0.0.1"), allocate_port("127.0.0.1"), host="127.0.0.1"
-            )
+            self._kv_events_dir = tempfile.mkdtemp(prefix="pdserve-kv-")
+            kv_events = kv_events_ipc_config(self._kv_events_dir)
         self.engine = Engine(
             EngineSpec(
                 model_path=str(model_path),
@@ -209,6 +211,8 @@ class WorkerProcess:
                 logger.warning(
                     "worker %s: could not clear its index entries: %s", self.worker_id, exc
                 )
+        if self._kv_events_dir:
+            shutil.rmtree(self._kv_events_dir, ignore_errors=True)
 
     async def stop(self) -> None:
         """Drains: stops taking requests, lets running ones finish (bounded), deregisters."""

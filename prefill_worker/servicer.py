@@ -73,6 +73,8 @@ class PrefillServicer(worker_pb2_grpc.PrefillWorkerServicer):
             async with contextlib.aclosing(stream) as outputs:
                 async for output in outputs:
                     final = output
+        except ValueError as exc:  # the engine's own checks of the request
+            raise InvalidRequest(f"the engine refused the request: {exc}", request_id=rid) from exc
         finally:
             self.num_inflight -= 1
             self.queued_prefill_tokens -= len(ids)

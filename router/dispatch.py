@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import grpc
 
-from pdserve.errors import NoWorkerAvailable, WorkerFailed
+from pdserve.errors import NoWorkerAvailable, Overloaded, WorkerFailed
 from pdserve.registry import WorkerInfo
 from pdserve.sampling import Sampling
 from pdserve.v1 import generation_pb2, worker_pb2
@@ -33,10 +33,20 @@ from router.workers import WorkerView
 
 logger = logging.getLogger(__name__)
 
-#: gRPC codes after which another worker may succeed (the worker is gone or refused).
+#: gRPC codes after which another worker may succeed (the worker is gone, refused, or was
+#: stopped: a worker that shuts down, or a channel the router closes when the worker's
+#: registration expires, ends its calls with CANCELLED).
 _RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
 )
+
+#: How long a worker that answered RESOURCE_EXHAUSTED is skipped (it is busy, not broken).
+_BUSY_EXCLUDE_S = 1.0
 
 
 @dataclass
@@ -81,7 +91,7 @@ class Dispatcher:
         self.max_resumes = max_resumes
         self._background: set[asyncio.Task[None]] = set()
 
-    async def run(self, state: RequestState) -> AsyncIterator[Chunk]:
+    async def run(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
         """Yields the request's chunks; the last one has ``finish_reason`` set."""
         route = await self.selector.select(state)
         prefill: worker_pb2.PrefillResponse | None = None
@@ -100,11 +110,18 @@ class Dispatcher:
                 first.stop_reason = state.stop_reason
                 yield first
                 return
-            yield first
-            async for chunk in self._decode(state, route.decode, prefill):
-                yield chunk
+            try:
+                yield first
+            except (GeneratorExit, asyncio.CancelledError):
+                # The client went away between prefill and decode: the decode side never
+                # saw the request, so free the prefill side's held blocks now.
+                self._release(state, route.decode, prefill)
+                raise
+            decode = self._decode(state, route.decode, prefill)
         else:
-            async for chunk in self._decode(state, route.decode, None):
+            decode = self._decode(state, route.decode, None)
+        async with contextlib.aclosing(decode) as chunks:
+            async for chunk in chunks:
                 yield chunk
 
     async def _prefill(
@@ -140,7 +157,8 @@ class Dispatcher:
                     exc.code().name,
                     "retrying elsewhere" if attempt + 1 < len(candidates) else "decode-only",
                 )
-                self.view.exclude(candidate.worker_id)
+                busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                self.view.exclude(candidate.worker_id, _BUSY_EXCLUDE_S if busy else 5.0)
                 continue
             state.prefill_s = time.monotonic() - started
             state.prefill_worker = candidate.worker_id
@@ -153,7 +171,7 @@ class Dispatcher:
         state: RequestState,
         worker: WorkerInfo,
         prefill: worker_pb2.PrefillResponse | None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         resumes = 0
         params = prefill.kv_transfer_params if prefill is not None else None
         skip_first = prefill is not None
@@ -215,7 +233,7 @@ class Dispatcher:
                     if ids or text:
                         yield chunk
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise WorkerFailed(
@@ -239,6 +257,7 @@ class Dispatcher:
                 )
             # Resume elsewhere (or on the same worker after a first-token mismatch) by
             # replaying the prompt plus the tokens the client already has.
+            busy = failure is not None and failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             if failure is not None:
                 logger.warning(
                     "[%s] decode worker %s failed after %d tokens (%s): %s",
@@ -248,7 +267,11 @@ class Dispatcher:
                     failure.code().name,
                     failure.details(),
                 )
-                self.view.exclude(worker.worker_id)
+                self.view.exclude(worker.worker_id, _BUSY_EXCLUDE_S if busy else 5.0)
+            if params is not None and not received and prefill is not None:
+                # The decode side may not have pulled the prompt's blocks; the replay below
+                # computes them afresh, so the prefill side must not keep holding them.
+                self._release(state, worker, prefill)
             resumes += 1
             if resumes > self.max_resumes:
                 raise WorkerFailed(
@@ -264,6 +287,12 @@ class Dispatcher:
             try:
                 worker = await self.selector.select_decode(state)
             except NoWorkerAvailable as exc:
+                if busy and not state.emitted:
+                    raise Overloaded(
+                        f"every decode worker is at its queue limit (last: {worker.worker_id}); "
+                        "retry in a few seconds",
+                        request_id=state.request_id,
+                    ) from exc
                 raise WorkerFailed(
                     f"decode worker {worker.worker_id} failed and no other can resume the "
                     f"request; {len(state.emitted)} tokens were delivered",
@@ -280,10 +309,29 @@ class Dispatcher:
         request = worker_pb2.ReleaseRequest(
             request_id=f"{state.request_id}-r", kv_transfer_params=prefill.kv_transfer_params
         )
+        # Any decode engine can tell the prefill engine to free the blocks: if the chosen
+        # one does not answer (it may be the worker that just failed), ask the others.
+        others = [
+            w for w in self.view.ready("decode", state.model) if w.worker_id != decode.worker_id
+        ]
 
         async def release() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.view.decode_stub(decode).Release(request, timeout=10.0)
+            for worker in [decode, *others]:
+                try:
+                    await self.view.decode_stub(worker).Release(request, timeout=5.0)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    logger.warning(
+                        "[%s] releasing the prefill side's blocks through %s failed (%s)",
+                        state.request_id,
+                        worker.worker_id,
+                        exc.code().name,
+                    )
+            logger.warning(
+                "[%s] no decode worker could release the prefill side's blocks; they are "
+                "freed when their lease expires",
+                state.request_id,
+            )
 
         task = asyncio.create_task(release())
         self._background.add(task)

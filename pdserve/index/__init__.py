@@ -3,7 +3,12 @@ implementations, and the indexer that feeds it from an engine's KV-cache events.
 
 from pdserve.index.base import KVIndex
 from pdserve.index.errors import IndexCommandError, IndexUnavailable, KVIndexError
-from pdserve.index.events import IndexerStats, KVEventIndexer, kv_events_config
+from pdserve.index.events import (
+    IndexerStats,
+    KVEventIndexer,
+    kv_events_config,
+    kv_events_ipc_config,
+)
 from pdserve.index.keys import BlockKey, block_keys, chain_keys, num_full_blocks, root_key
 from pdserve.index.memory import MemoryIndex
 from pdserve.index.redis_index import RedisIndex, RedisIndexStats
@@ -22,6 +27,7 @@ __all__ = [
     "block_keys",
     "chain_keys",
     "kv_events_config",
+    "kv_events_ipc_config",
     "num_full_blocks",
     "root_key",
 ]

@@ -49,6 +49,7 @@ __all__ = [
     "IndexerStats",
     "KVEventIndexer",
     "kv_events_config",
+    "kv_events_ipc_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,23 @@ def kv_events_config(
         "publisher": "zmq",
         "endpoint": f"tcp://{host}:{pub_port}",
         "replay_endpoint": f"tcp://{host}:{replay_port}",
+        "topic": topic,
+    }
+
+
+def kv_events_ipc_config(directory: str, topic: str = DEFAULT_TOPIC) -> dict[str, Any]:
+    """vLLM's ``kv_events_config`` over Unix sockets in ``directory`` (a private directory of
+    the worker process): the engine binds both sockets and the indexer connects. Nothing is
+    offered on the network, and no port can be taken by another process between choosing it
+    and binding it (with TCP ports chosen ahead, two workers starting at once can collide).
+    """
+    if not directory:
+        raise ValueError("directory must not be empty")
+    return {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"ipc://{directory}/kv-events",
+        "replay_endpoint": f"ipc://{directory}/kv-replay",
         "topic": topic,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from pdserve.index import (
     RedisIndex,
     block_keys,
     kv_events_config,
+    kv_events_ipc_config,
 )
 
 BLOCK = 4
@@ -298,14 +300,21 @@ async def test_malformed_message_over_the_wire_is_skipped(
     assert await index.lookup(KEYS) == {"w1": 2}
 
 
-async def test_vllm_publisher_end_to_end_with_replay(redis_url: str) -> None:
-    """vLLM's own ZmqEventPublisher: batches published before the indexer listened are
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+async def test_vllm_publisher_end_to_end_with_replay(
+    redis_url: str, transport: str, tmp_path: Path
+) -> None:
+    """vLLM's own ZmqEventPublisher, over TCP (the indexer binds) and over Unix sockets (the
+    engine binds, as workers run it): batches published before the indexer listened are
     recovered through vLLM's replay socket."""
-    config = kv_events_config(free_port(), free_port(), topic=TOPIC)
+    if transport == "tcp":
+        config = kv_events_config(free_port(), free_port(), topic=TOPIC)
+    else:
+        config = kv_events_ipc_config(str(tmp_path), topic=TOPIC)
     publisher = ZmqEventPublisher(
         0, endpoint=config["endpoint"], replay_endpoint=config["replay_endpoint"], topic=TOPIC
     )
-    index = RedisIndex.from_url(redis_url, namespace="ev:vllm")
+    index = RedisIndex.from_url(redis_url, namespace=f"ev:vllm:{transport}")
     indexer = KVEventIndexer(
         "w1",
         config["endpoint"],
