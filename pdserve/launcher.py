@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from pdserve.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClusterSpec", "LocalCluster", "start_redis"]
+__all__ = ["ClusterSpec", "LocalCluster", "start_redis", "wait_for_router"]
 
 
 @dataclass
@@ -218,31 +219,7 @@ class LocalCluster:
             client.close()
 
     def _wait_for_router(self) -> None:
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(self.router_address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                self._check_alive()
-                with contextlib.suppress(grpc.RpcError):
-                    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING and (
-                        self._http_listening()
-                    ):
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the router did not come up; see {self.log_dir}")
-                time.sleep(0.1)
-
-    def _http_listening(self) -> bool:
-        """True when the HTTP front door is disabled or accepts connections."""
-        if not self.http_address:
-            return True
-        host, _, port = self.http_address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        wait_for_router(self.router_address, self.http_address, self._check_alive, self.log_dir)
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -306,6 +283,44 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for_router(
+    address: str,
+    http_address: str,
+    check_alive: Callable[[], None],
+    log_dir: Path,
+    timeout_s: float = 120.0,
+) -> None:
+    """Waits until the router at ``address`` answers its health check SERVING and its HTTP
+    front door (``http_address``; empty: none) accepts connections; ``check_alive`` raises when
+    a child of the cluster has exited."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            check_alive()
+            with contextlib.suppress(grpc.RpcError):
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING and _listening(
+                    http_address
+                ):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the router did not come up; see {log_dir}")
+            time.sleep(0.1)
+
+
+def _listening(address: str) -> bool:
+    """True when ``address`` is empty (nothing to wait for) or accepts TCP connections."""
+    if not address:
+        return True
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _tail(path: Path, lines: int = 30) -> str:

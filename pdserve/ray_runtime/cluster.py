@@ -18,7 +18,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import redis
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pdserve.launcher import ClusterSpec, start_redis
+from pdserve.launcher import ClusterSpec, start_redis, wait_for_router
 from pdserve.models import resolve_model_path
 from pdserve.ray_runtime.names import POOL_MANAGER_NAME, RAY_NAMESPACE, worker_id
 from pdserve.ray_runtime.node import RayNode, RayOptions, connect_ray
@@ -105,8 +102,7 @@ class RayLocalCluster:
             self.procs.append(("redis", proc))
         config.redis.url = self.redis_url
         config.router.grpc_port = spec.router_port
-        if hasattr(config.router, "http_port"):
-            config.router.http_port = int(getattr(spec, "router_http_port", 0) or 0)
+        config.router.http_port = spec.router_http_port
         self.config_path.write_text(yaml.safe_dump(config.to_dict()))
 
         self.ray_node = connect_ray(self.options.ray)
@@ -182,7 +178,8 @@ class RayLocalCluster:
                     ]
                     if failed:
                         raise RuntimeError(
-                            "workers failed to start: " + "; ".join(failed)
+                            "workers failed to start: "
+                            + "; ".join(failed)
                             + " (their logs are in Ray's session log directory)"
                         )
                 if time.monotonic() > deadline:
@@ -206,34 +203,12 @@ class RayLocalCluster:
         self.procs.append(("router", proc))
 
     def _wait_for_router(self) -> None:
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(self.router_address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                for name, proc in self.procs:
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"{name} exited with code {proc.returncode}; see {self.log_dir}"
-                        )
-                with contextlib.suppress(grpc.RpcError):
-                    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING and (
-                        self._http_listening()
-                    ):
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the router did not come up; see {self.log_dir}")
-                time.sleep(0.1)
+        wait_for_router(self.router_address, self.http_address, self._check_alive, self.log_dir)
 
-    def _http_listening(self) -> bool:
-        if not self.http_address:
-            return True
-        host, _, port = self.http_address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except OSError:
-            return False
-        return True
+    def _check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.log_dir}")
 
     # -- operations -------------------------------------------------------------------------
 
