@@ -20,16 +20,7 @@ from pdserve.v1 import generation_pb2, generation_pb2_grpc
 
 __all__ = ["AsyncClient", "Client", "build_request"]
 
-_SAMPLING_FIELDS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
-)
+_SAMPLING_FIELDS = tuple(f.name for f in generation_pb2.SamplingParams.DESCRIPTOR.fields)
 
 
 def build_request(
