@@ -70,6 +70,7 @@ class Tally:
     mismatched: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     kills: list[dict[str, Any]] = field(default_factory=list)
+    skipped_kills: int = 0
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -160,25 +161,16 @@ def _live(cluster: LocalCluster) -> list[str]:
 async def chaos_loop(
     cluster: LocalCluster, args: argparse.Namespace, tally: Tally, stop_at: float
 ) -> None:
-    """Kills a worker every ``kill_every_s`` (roles in turn) and restarts it."""
+    """Kills a worker every ``kill_every_s`` on a fixed cadence (roles in turn) and restarts it
+    in the background, so a slow restart does not delay the next kill. A role is skipped when
+    killing would leave it without a worker that is up (one may still be restarting)."""
     turn = 0
     rng = random.Random(args.seed + 1)
-    while True:
-        next_kill = time.monotonic() + args.kill_every_s
-        if next_kill >= stop_at:
-            return
-        await asyncio.sleep(next_kill - time.monotonic())
-        role = ("decode", "prefill")[turn % 2]
-        turn += 1
-        victims = [w for w in _live(cluster) if w.startswith(role)]
-        if len(victims) < 2:
-            continue  # keep one worker of each role
-        victim = rng.choice(victims)
-        proc = dict(cluster.procs)[victim]
-        proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(proc.wait)
-        killed_at = time.monotonic()
-        logger.info("killed %s", victim)
+    restarting: set[str] = set()
+    restarts: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+
+    async def restart(victim: str, killed_at: float) -> None:
         try:
             await asyncio.to_thread(cluster.respawn, victim)
             back = time.monotonic() - killed_at
@@ -186,7 +178,33 @@ async def chaos_loop(
         except Exception as exc:  # reported; the soak goes on
             back = -1.0
             logger.error("could not restart %s: %s", victim, exc)
+        finally:
+            restarting.discard(victim)
         tally.kills.append({"worker": victim, "back_after_s": round(back, 1)})
+
+    try:
+        while True:
+            next_kill = started + (turn + 1) * args.kill_every_s
+            if next_kill >= stop_at:
+                return
+            await asyncio.sleep(max(0.0, next_kill - time.monotonic()))
+            role = ("decode", "prefill")[turn % 2]
+            turn += 1
+            up = [w for w in _live(cluster) if w.startswith(role) and w not in restarting]
+            if len(up) < 2:
+                logger.info("skipped a kill: only %s of the %s workers is up", up, role)
+                tally.skipped_kills += 1
+                continue
+            victim = rng.choice(up)
+            proc = dict(cluster.procs)[victim]
+            restarting.add(victim)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+            logger.info("killed %s", victim)
+            restarts.append(asyncio.create_task(restart(victim, time.monotonic())))
+    finally:
+        # The traffic has stopped: let the restarts finish, so the end state counts every worker.
+        await asyncio.gather(*restarts)
 
 
 async def rss_loop(router_pid: int, tally: Tally, stop_at: float, started: float) -> None:
@@ -252,6 +270,7 @@ async def soak(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any
         "hung": tally.hung,
         "mismatched_greedy": tally.mismatched,
         "kills": tally.kills,
+        "skipped_kills": tally.skipped_kills,
         "engines_busy_at_end": left,
         "router_rss_mib": {
             "first": round(rss[0], 1) if rss else None,

@@ -180,13 +180,16 @@ class LocalCluster:
         self._wait_for_router()
 
     def _spawn(self, name: str, args: list[str]) -> None:
+        self.procs.append((name, self._popen(name, args)))
+
+    def _popen(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         env = dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1")
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
-        self.procs.append((name, proc))
         logger.info("started %s (pid %d), log %s", name, proc.pid, log.name)
+        return proc
 
     def _check_alive(self) -> None:
         for name, proc in self.procs:
@@ -264,9 +267,9 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the registration of {name} did not expire")
                 time.sleep(0.1)
-            self._spawn(name, [str(a) for a in old.args])  # type: ignore[union-attr]
-            self.procs[index] = self.procs.pop()
-            new = self.procs[index][1]
+            # Replaced in place: several workers may be respawned at once from other threads.
+            new = self._popen(name, [str(a) for a in old.args])  # type: ignore[union-attr]
+            self.procs[index] = (name, new)
             while client.hget(key, "state") != "ready":
                 if new.poll() is not None:
                     raise RuntimeError(f"{name} exited with code {new.returncode}:\n{_tail(log)}")
