@@ -9,17 +9,16 @@ from __future__ import annotations
 import random
 import re
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psutil
 import pytest
 import redis
+from polling import wait_for
 
 from kv_transfer import allocate_port
 from pdserve.client import Client
@@ -35,17 +34,6 @@ pytestmark = pytest.mark.engine
 ray = pytest.importorskip("ray")
 
 REQUEST_TIMEOUT_S = 120.0
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 @dataclass
@@ -192,7 +180,7 @@ def test_metrics_reach_the_ray_prometheus_export(ray_cluster: RayLocalCluster) -
         return not missing
 
     try:
-        _wait_for("the pdserve metrics in Ray's export", all_present, 60, every_s=1.0)
+        wait_for("the pdserve metrics in Ray's export", all_present, 60, every_s=1.0)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; missing or wrong: {missing}") from None
 
@@ -231,7 +219,7 @@ def test_a_killed_decode_actor_is_restarted_and_reregisters(ray_cluster: RayLoca
         now = client.hgetall("pdserve:worker:decode-1")
         return now.get("state") == "ready" and now.get("endpoint") != before["endpoint"]
 
-    _wait_for("decode-1 to come back in the registry", reregistered, 180)
+    wait_for("decode-1 to come back in the registry", reregistered, 180)
     _, alive = psutil.wait_procs(old_processes, timeout=60)
     assert [p.pid for p in alive] == [], "the killed actor's engine process outlived it"
     assert client.scard("pdserve:workers") == 3  # replaced, not duplicated

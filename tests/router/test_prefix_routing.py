@@ -23,13 +23,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
+from polling import wait_until
 
 from kv_transfer import allocate_port
 from pdserve.client import Client
@@ -42,22 +43,6 @@ pytestmark = pytest.mark.engine
 
 BLOCK = 128
 PREFIX_BLOCKS = 3
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool] | bool], timeout_s: float, what: str
-) -> None:
-    """Polls ``condition`` until it holds; fails naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def _tokens(length: int, seed: int) -> list[int]:
