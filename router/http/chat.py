@@ -23,7 +23,7 @@ from router.http.params import (
     sampling_params,
     stream_mode,
 )
-from router.http.shapes import finish_reason, stop_reason, usage
+from router.http.shapes import ResponseShapes
 
 KNOWN = COMMON_PARAMS | SAMPLING_PARAMS | {"messages", "max_completion_tokens"}
 
@@ -112,65 +112,19 @@ def _content(message: Mapping[str, Any], where: str) -> str:
     raise bad_request(f"{where}.content must be a string or a list of text parts", param="messages")
 
 
-class ChatShapes:
+class ChatShapes(ResponseShapes):
     """JSON objects of one ``/v1/chat/completions`` answer."""
 
-    def __init__(self, request_id: str, model: str, created: int) -> None:
-        self.id = f"chatcmpl-{request_id}"
-        self.model = model
-        self.created = created
+    id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+    whole_object = "chat.completion"
 
-    def _base(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+    def _streamed(self, text: str) -> dict[str, Any]:
+        return {"delta": {"content": text}}
 
-    def _chunk(
-        self,
-        delta: dict[str, Any],
-        last: generation_pb2.GenerateResponse | None,
-        include_usage: bool,
-    ) -> dict[str, Any]:
-        out = self._base("chat.completion.chunk")
-        out["choices"] = [
-            {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish_reason(last) if last is not None else None,
-                "stop_reason": stop_reason(last) if last is not None else None,
-            }
-        ]
-        if include_usage:
-            out["usage"] = None
-        return out
+    def _answered(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
 
     def role_chunk(self, *, include_usage: bool) -> dict[str, Any]:
         """The first streamed chunk: the assistant's role and empty content."""
-        return self._chunk({"role": "assistant", "content": ""}, None, include_usage)
-
-    def chunk(
-        self, text: str, last: generation_pb2.GenerateResponse | None, *, include_usage: bool
-    ) -> dict[str, Any]:
-        """One streamed chunk: new content; ``last`` (the final response) adds the finish reason."""
-        return self._chunk({"content": text}, last, include_usage)
-
-    def usage_chunk(self, last: generation_pb2.GenerateResponse) -> dict[str, Any]:
-        """The last streamed chunk when ``include_usage`` is set: usage, no choices."""
-        out = self._base("chat.completion.chunk")
-        out["choices"] = []
-        out["usage"] = usage(last)
-        return out
-
-    def whole(self, text: str, last: generation_pb2.GenerateResponse) -> dict[str, Any]:
-        """The non-streamed answer."""
-        out = self._base("chat.completion")
-        out["choices"] = [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason(last),
-                "stop_reason": stop_reason(last),
-            }
-        ]
-        out["usage"] = usage(last)
-        return out
+        return self._chunk_of({"delta": {"role": "assistant", "content": ""}}, None, include_usage)

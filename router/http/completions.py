@@ -21,7 +21,7 @@ from router.http.params import (
     stream_mode,
     token_ids,
 )
-from router.http.shapes import finish_reason, stop_reason, usage
+from router.http.shapes import ResponseShapes
 
 KNOWN = COMMON_PARAMS | SAMPLING_PARAMS | {"prompt"}
 
@@ -68,53 +68,15 @@ def _single_prompt(prompt: Any) -> str | list[int]:
     return token_ids(prompt, "prompt")
 
 
-class CompletionShapes:
+class CompletionShapes(ResponseShapes):
     """JSON objects of one ``/v1/completions`` answer."""
 
-    def __init__(self, request_id: str, model: str, created: int) -> None:
-        self.id = f"cmpl-{request_id}"
-        self.model = model
-        self.created = created
+    id_prefix = "cmpl"
+    chunk_object = "text_completion"
+    whole_object = "text_completion"
 
-    def _base(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+    def _streamed(self, text: str) -> dict[str, Any]:
+        return {"text": text}
 
-    def chunk(
-        self, text: str, last: generation_pb2.GenerateResponse | None, *, include_usage: bool
-    ) -> dict[str, Any]:
-        """One streamed chunk: new text; ``last`` (the final response) adds the finish reason."""
-        out = self._base("text_completion")
-        out["choices"] = [
-            {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason(last) if last is not None else None,
-                "stop_reason": stop_reason(last) if last is not None else None,
-            }
-        ]
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    def usage_chunk(self, last: generation_pb2.GenerateResponse) -> dict[str, Any]:
-        """The last streamed chunk when ``include_usage`` is set: usage, no choices."""
-        out = self._base("text_completion")
-        out["choices"] = []
-        out["usage"] = usage(last)
-        return out
-
-    def whole(self, text: str, last: generation_pb2.GenerateResponse) -> dict[str, Any]:
-        """The non-streamed answer."""
-        out = self._base("text_completion")
-        out["choices"] = [
-            {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason(last),
-                "stop_reason": stop_reason(last),
-            }
-        ]
-        out["usage"] = usage(last)
-        return out
+    def _answered(self, text: str) -> dict[str, Any]:
+        return {"text": text}
