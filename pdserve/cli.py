@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_up, _add_generate, _add_status, _add_router, _add_worker):
         add(sub)
-    for module in ("pdserve.bench.cli", "pdserve.planner.cli"):
+    for module in ("pdserve.bench.cli", "pdserve.planner.cli", "pdserve.ray_runtime.bootstrap"):
         try:
             extension = __import__(module, fromlist=["add_parser"])
         except ImportError:

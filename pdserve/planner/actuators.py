@@ -51,6 +51,7 @@ __all__ = [
     "PoolManagerHandle",
     "RBACError",
     "RayActuator",
+    "call_method",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class Drainer(Protocol):
         ...
 
 
-async def _invoke(handle: Any, method: str, *args: Any) -> Any:
+async def call_method(handle: Any, method: str, *args: Any) -> Any:
+    """Calls ``handle.method(*args)`` and awaits the result: ``.remote`` on a Ray actor handle
+    (the ObjectRef is awaited), a plain or async method on any other object."""
     fn = getattr(handle, method)
     remote = getattr(fn, "remote", None)
     result = remote(*args) if callable(remote) else fn(*args)
@@ -170,7 +173,7 @@ class RayActuator:
         return cls(handle)
 
     async def current(self) -> dict[str, int]:
-        sizes = await _invoke(self._manager, "sizes")
+        sizes = await call_method(self._manager, "sizes")
         if not isinstance(sizes, Mapping):
             raise ActuatorError(f"pool manager sizes() returned {sizes!r}, not a mapping")
         return {role: int(sizes.get(role, 0)) for role in POOLS}
@@ -179,7 +182,7 @@ class RayActuator:
         _check_role(role)
         _check_replicas(replicas)
         logger.info("ray: scaling pool %s to %d", role, replicas)
-        await _invoke(self._manager, "scale", role, replicas)
+        await call_method(self._manager, "scale", role, replicas)
 
 
 class KubernetesActuator:
@@ -310,7 +313,7 @@ class KubernetesActuator:
         return ops
 
     async def _drain(self, role: str, count: int) -> list[str]:
-        pods = await _invoke(self._drainer, "drain", role, count)
+        pods = await call_method(self._drainer, "drain", role, count)
         if not isinstance(pods, Sequence) or isinstance(pods, str):
             raise ActuatorError(f"drainer returned {pods!r}, not a list of pod names")
         return [str(p) for p in pods]

@@ -1,0 +1,267 @@
+"""Follow-the-nodes mode and ``pdserve pools`` on a real local Ray with several nodes.
+
+One ``ray.cluster_utils.Cluster`` for the module: a head offering no pool resource (as the Helm
+chart's head) and nodes offering ``pdserve_prefill`` or ``pdserve_decode`` one unit each (as the
+chart's worker pods). The pool manager is created with a reconcile interval longer than the
+module in the first tests, so it starts no worker actor: they check what it reads from the
+real ``ray.nodes()``, that the bootstrap creates it exactly once, and that the ``pdserve pools``
+command re-creates it when it is gone and stops cleanly on SIGTERM. The last test (one engine)
+lets a following manager start the worker of the one prefill node, drains it, and checks that
+the node gets no new worker until it leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from pdserve.config import PdserveConfig
+from pdserve.launcher import start_redis
+from pdserve.ray_runtime.bootstrap import (
+    HEAD_NODE_RESOURCE,
+    BootstrapError,
+    PoolManagerOptions,
+    ensure_pool_manager,
+)
+from pdserve.ray_runtime.names import POOL_MANAGER_NAME, RAY_NAMESPACE
+from pdserve.ray_runtime.pool_manager import PoolManager, follow_targets
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+NEVER_S = 3600.0
+"""Reconcile interval of the managers created here: no reconcile (no worker) during the tests."""
+OPTIONS = PoolManagerOptions(follow_nodes=True, reconcile_interval_s=NEVER_S)
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def _config() -> dict[str, Any]:
+    config = PdserveConfig()
+    config.redis.url = "redis://127.0.0.1:1/0"  # never contacted: no worker is created
+    return config.to_dict()
+
+
+def _manager_id() -> str | None:
+    try:
+        handle = ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE)
+    except ValueError:
+        return None
+    return str(handle._actor_id.hex())
+
+
+@pytest.fixture(scope="module")
+def nodes_cluster() -> Iterator[Any]:
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    try:
+        # one CPU each: a CPU worker actor asks for half of one
+        prefill = [cluster.add_node(num_cpus=1, resources={"pdserve_prefill": 1})
+                   for _ in range(2)]
+        decode = cluster.add_node(num_cpus=1, resources={"pdserve_decode": 1})
+        ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        cluster.prefill_nodes = prefill
+        cluster.decode_node = decode
+        yield cluster
+    finally:
+        if ray.is_initialized():
+            try:
+                ray.kill(ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE),
+                         no_restart=True)
+            except ValueError:
+                pass
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def test_node_counting_reads_the_real_ray_nodes(nodes_cluster: Any) -> None:
+    nodes = _wait_for("4 alive nodes", lambda: len([n for n in ray.nodes() if n["Alive"]]) == 4
+                      and ray.nodes(), 60)
+    assert follow_targets(nodes) == {"prefill": 2, "decode": 1}
+    # what drain() reports (the worker's socket.gethostname()) is Ray's node hostname: the pod
+    # name on Kubernetes
+    assert {n["NodeManagerHostname"] for n in nodes if n["Alive"]} == {socket.gethostname()}
+
+
+def test_bootstrap_creates_the_detached_manager_exactly_once(nodes_cluster: Any) -> None:
+    handle, created = ensure_pool_manager(_config(), OPTIONS)
+    assert created is True
+    again, created_again = ensure_pool_manager(_config(), OPTIONS)
+    assert created_again is False
+    assert again._actor_id == handle._actor_id
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"] == POOL_MANAGER_NAME]
+    assert named == [{"name": POOL_MANAGER_NAME, "namespace": RAY_NAMESPACE}]
+    described = ray.get(handle.describe.remote(), timeout=60)
+    assert described["follow_nodes"] is True
+    # it runs on the head, not on a worker node that a scale-down may delete
+    from ray._private import state
+
+    info = state.actors(actor_id=handle._actor_id.hex())
+    head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in
+            n["Resources"]]
+    assert info["Address"]["NodeID"] == head[0]
+    # how drain() finds the node of a drained worker: the actor table, not the hostname, which
+    # all the nodes of this one machine share
+    assert PoolManager._node_of(handle) == head[0]
+    assert PoolManager._node_by_hostname(socket.gethostname()) == ""
+    assert PoolManager._node_by_hostname("no-such-pod") == ""
+    with pytest.raises(BootstrapError, match="follow_nodes=True, not False"):
+        ensure_pool_manager(_config(), PoolManagerOptions(follow_nodes=False))
+
+
+def test_manager_follows_the_nodes_and_refuses_scale(nodes_cluster: Any) -> None:
+    handle, _ = ensure_pool_manager(_config(), OPTIONS)
+    assert ray.get(handle.node_targets.remote(), timeout=60) == {"prefill": 2, "decode": 1}
+    with pytest.raises(Exception, match="follows the Ray nodes"):
+        ray.get(handle.scale.remote("prefill", 5), timeout=60)
+    assert ray.get(handle.drain.remote("prefill", 1), timeout=60) == []  # no worker to drain
+    nodes_cluster.remove_node(nodes_cluster.prefill_nodes.pop())
+    _wait_for(
+        "the pool manager to see the prefill node leave",
+        lambda: ray.get(handle.node_targets.remote(), timeout=60)
+        == {"prefill": 1, "decode": 1},
+        60,
+        every_s=0.5,
+    )
+
+
+def test_pools_command_recreates_a_gone_manager_and_stops_on_sigterm(
+    nodes_cluster: Any, tmp_path: Path
+) -> None:
+    ensure_pool_manager(_config(), OPTIONS)
+    first = _manager_id()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_config()))
+    log = tmp_path / "pools.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PDSERVE_", "RAY_ADDRESS"))}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pdserve.cli", "--log-level", "INFO", "pools",
+             "--config", str(config), "--ray-address", nodes_cluster.address, "--follow-nodes",
+             "--check-interval", "0.5", "--reconcile-interval", str(NEVER_S)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        _wait_for("pdserve pools to find the manager",
+                  lambda: proc.poll() is not None or "found" in log.read_text(), 90)
+        assert proc.poll() is None, log.read_text()
+        assert _manager_id() == first
+        ray.kill(ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE), no_restart=True)
+        second = _wait_for("a new pool manager", lambda: (_manager_id() or first) != first
+                           and _manager_id(), 60)
+        handle = ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE)
+        assert ray.get(handle.describe.remote(), timeout=60)["follow_nodes"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "created" in text and "stopping" in text, text
+    assert _manager_id() == second  # the manager outlives the command
+
+
+def _alive_with(resource: str) -> list[str]:
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]
+
+
+@pytest.mark.engine
+def test_a_following_manager_fills_a_node_and_keeps_it_empty_once_drained(
+    nodes_cluster: Any,
+    tmp_path: Path,
+    tiny_model: Path,
+    make_engine_config: Callable[[Path], PdserveConfig],
+) -> None:
+    # one node with a pool resource left (one prefill), so that one engine starts, no more
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE), no_restart=True)
+    nodes_cluster.remove_node(nodes_cluster.decode_node)
+    for extra in nodes_cluster.prefill_nodes[1:]:
+        nodes_cluster.remove_node(extra)
+    prefill_node = _wait_for("one prefill node, no decode node", lambda: len(
+        _alive_with("pdserve_prefill")) == 1 and not _alive_with("pdserve_decode")
+        and _alive_with("pdserve_prefill"), 60)[0]
+    redis_proc, redis_url = start_redis(tmp_path / "redis.log")
+    config = make_engine_config(tiny_model)
+    config.redis.url = redis_url
+    worker_config = config.to_dict()
+    worker_config["worker"]["grpc_port"] = 0
+    worker_config["worker"]["nixl_port"] = 0
+    manager: Any = None
+    try:
+        manager = (
+            ray.remote(PoolManager)
+            .options(name=POOL_MANAGER_NAME, namespace=RAY_NAMESPACE, lifetime="detached",
+                     num_cpus=0, max_concurrency=100,
+                     resources={HEAD_NODE_RESOURCE: 0.001})  # as the bootstrap: on the head
+            .remote(worker_config, worker_env={"PDSERVE_ADVERTISE_HOST": "127.0.0.1"},
+                    follow_nodes=True, reconcile_interval_s=0.5, drain_timeout_s=5.0,
+                    drain_settle_s=0.0)
+        )
+
+        def ready_workers() -> list[dict[str, Any]]:
+            rows = ray.get(manager.workers.remote(), timeout=60)
+            failed = [r for r in rows if r["state"] == "failed"]
+            assert not failed, failed
+            return [r for r in rows if r["state"] == "ready"]
+
+        (row,) = _wait_for("the prefill node's worker", ready_workers, 240, every_s=1.0)
+        assert (row["name"], row["role"]) == ("pdserve:prefill:0", "prefill")
+        assert row["node"] == socket.gethostname()
+        assert ray.get(manager.describe.remote(), timeout=60)["desired"] == {
+            "prefill": 1, "decode": 0}
+
+        pods = ray.get(manager.drain.remote("prefill", 1), timeout=120)
+        assert pods == [socket.gethostname()]
+        described = ray.get(manager.describe.remote(), timeout=60)
+        assert described["drained_nodes"] == [{"node_id": prefill_node, "role": "prefill",
+                                               "hostname": socket.gethostname(), "drained": 1}]
+        rounds = described["reconcile_rounds"]
+        _wait_for("three reconcile rounds", lambda: ray.get(
+            manager.describe.remote(), timeout=60)["reconcile_rounds"] >= rounds + 3, 60)
+        assert ray.get(manager.workers.remote(), timeout=60) == []
+        assert ray.get(manager.describe.remote(), timeout=60)["desired"]["prefill"] == 0
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert not client.exists("pdserve:worker:prefill-0")
+        finally:
+            client.close()
+
+        # the pod is deleted: its node leaves, and is forgotten
+        nodes_cluster.remove_node(nodes_cluster.prefill_nodes[0])
+        _wait_for("the drained node to be forgotten", lambda: ray.get(
+            manager.describe.remote(), timeout=60)["drained_nodes"] == [], 60, every_s=0.5)
+    finally:
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                ray.get(manager.shutdown.remote(), timeout=60)
+            ray.kill(manager, no_restart=True)
+        redis_proc.terminate()
+        redis_proc.wait(timeout=30)
