@@ -162,8 +162,8 @@ async def chaos_loop(
     cluster: LocalCluster, args: argparse.Namespace, tally: Tally, stop_at: float
 ) -> None:
     """Kills a worker every ``kill_every_s`` on a fixed cadence (roles in turn) and restarts it
-    in the background, so a slow restart does not delay the next kill. A role is skipped when
-    killing would leave it without a worker that is up (one may still be restarting)."""
+    in the background, so a slow restart does not delay the next kill. A kill never leaves a
+    role without a worker that is up; when neither role can spare one, the kill is skipped."""
     turn = 0
     rng = random.Random(args.seed + 1)
     restarting: set[str] = set()
@@ -188,14 +188,20 @@ async def chaos_loop(
             if next_kill >= stop_at:
                 return
             await asyncio.sleep(max(0.0, next_kill - time.monotonic()))
-            role = ("decode", "prefill")[turn % 2]
+            # Roles in turn; when the role whose turn it is has a worker still restarting, the
+            # other role's worker is killed instead (each role always keeps one worker up).
+            order = [("decode", "prefill")[(turn + i) % 2] for i in range(2)]
             turn += 1
-            up = [w for w in _live(cluster) if w.startswith(role) and w not in restarting]
-            if len(up) < 2:
-                logger.info("skipped a kill: only %s of the %s workers is up", up, role)
+            up = {
+                role: [w for w in _live(cluster) if w.startswith(role) and w not in restarting]
+                for role in order
+            }
+            role = next((r for r in order if len(up[r]) >= 2), "")
+            if not role:
+                logger.info("skipped a kill: workers up %s", up)
                 tally.skipped_kills += 1
                 continue
-            victim = rng.choice(up)
+            victim = rng.choice(up[role])
             proc = dict(cluster.procs)[victim]
             restarting.add(victim)
             proc.send_signal(signal.SIGKILL)

@@ -11,7 +11,6 @@ so no process outlives it, even when it is killed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 import redis
@@ -68,11 +68,25 @@ class ClusterSpec:
             )
 
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: the kernel sends it SIGTERM when the launcher dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+_EXEC_BOUND_TO_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)  # the launcher died before the line above\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def bound_to_parent(args: list[str]) -> list[str]:
+    """``args`` wrapped so that the kernel sends the process SIGTERM when the calling thread's
+    process dies (``PR_SET_PDEATHSIG``, kept across the ``exec``).
+
+    The signal is set by a small Python stub that then execs ``args``, not by a
+    ``preexec_fn``: running Python between fork and exec in a process with other threads
+    (gRPC's, asyncio's executor) can crash or deadlock the child. The kernel sends the signal
+    when the *thread* that started the child exits, so start children from a thread that lives
+    as long as the cluster (the main thread, or a pool's long-lived worker)."""
+    return [sys.executable, "-c", _EXEC_BOUND_TO_PARENT, str(os.getpid()), *args]
 
 
 def start_redis(log_path: Path, port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
@@ -85,10 +99,12 @@ def start_redis(log_path: Path, port: int = 0) -> tuple[subprocess.Popen[bytes],
     port = port or allocate_port("127.0.0.1")
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        bound_to_parent(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no"]
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -105,8 +121,10 @@ def start_redis(log_path: Path, port: int = 0) -> tuple[subprocess.Popen[bytes],
     return proc, url
 
 
-class LocalCluster:
-    """Starts and stops a local cluster (see the module docstring)."""
+class ClusterProcesses:
+    """What both launchers share: the spec, the child processes (with their logs), Redis, the
+    written config file, the router process and the start/stop protocol. Subclasses start the
+    workers in ``_start`` and stop everything in ``stop``."""
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
@@ -121,10 +139,10 @@ class LocalCluster:
         self.log_dir = spec.log_dir or self._tmp / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self._tmp / "config.yaml"
+        self._args: dict[str, list[str]] = {}
 
-    # -- start ------------------------------------------------------------------------------
-
-    def start(self) -> LocalCluster:
+    def start(self) -> Self:
+        """Starts the cluster; on any failure stops what was started and re-raises."""
         try:
             self._start()
         except BaseException:
@@ -133,6 +151,14 @@ class LocalCluster:
         return self
 
     def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        raise NotImplementedError
+
+    def _write_config(self) -> PdserveConfig:
+        """Resolves the model, starts Redis unless given a URL, and writes the config file every
+        process of the cluster reads; returns the config."""
         spec = self.spec
         config = spec.config
         config.model.path = str(resolve_model_path(config.model.path))
@@ -143,6 +169,60 @@ class LocalCluster:
         config.router.grpc_port = spec.router_port
         config.router.http_port = spec.router_http_port
         self.config_path.write_text(yaml.safe_dump(config.to_dict()))
+        return config
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self.procs.append((name, self._popen(name, args)))
+
+    def _popen(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self._args[name] = list(args)
+        log = (self.log_dir / f"{name}.log").open("wb")
+        env = dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1")
+        proc = subprocess.Popen(
+            bound_to_parent(args), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        logger.info("started %s (pid %d), log %s", name, proc.pid, log.name)
+        return proc
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = _tail(self.log_dir / f"{name}.log")
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def _start_router(self) -> None:
+        """Starts the router process and waits until it serves."""
+        self._spawn(
+            "router",
+            [sys.executable, "-m", "pdserve.cli", "router", "--config", str(self.config_path)],
+        )
+        wait_for_router(self.router_address, self.http_address, self._check_alive, self.log_dir)
+
+    @staticmethod
+    def _stop_procs(procs: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
+        """SIGTERM each process in turn, SIGKILL after ``grace_s``, and wait for it."""
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalCluster(ClusterProcesses):
+    """Starts and stops a local cluster of child processes (see the module docstring)."""
+
+    def _start(self) -> None:
+        spec = self.spec
+        self._write_config()
 
         roles = ["prefill"] * (spec.num_prefill if spec.kv_transfer else 0)
         roles += ["decode"] * spec.num_decode
@@ -173,29 +253,7 @@ class LocalCluster:
             self._spawn(worker_id, args)
             self.worker_ids[role].append(worker_id)
         self._wait_for_workers()
-        self._spawn(
-            "router",
-            [sys.executable, "-m", "pdserve.cli", "router", "--config", str(self.config_path)],
-        )
-        self._wait_for_router()
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        self.procs.append((name, self._popen(name, args)))
-
-    def _popen(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        env = dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1")
-        proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-        )
-        logger.info("started %s (pid %d), log %s", name, proc.pid, log.name)
-        return proc
-
-    def _check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                tail = _tail(self.log_dir / f"{name}.log")
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+        self._start_router()
 
     def _wait_for_workers(self) -> None:
         expected = {w for ids in self.worker_ids.values() for w in ids}
@@ -221,22 +279,11 @@ class LocalCluster:
         finally:
             client.close()
 
-    def _wait_for_router(self) -> None:
-        wait_for_router(self.router_address, self.http_address, self._check_alive, self.log_dir)
-
     # -- stop -------------------------------------------------------------------------------
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Stops every child (router first, Redis last) and waits for them to exit."""
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stop_procs(list(reversed(self.procs)), grace_s)
         self.procs.clear()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
@@ -268,7 +315,7 @@ class LocalCluster:
                     raise TimeoutError(f"the registration of {name} did not expire")
                 time.sleep(0.1)
             # Replaced in place: several workers may be respawned at once from other threads.
-            new = self._popen(name, [str(a) for a in old.args])  # type: ignore[union-attr]
+            new = self._popen(name, self._args[name])
             self.procs[index] = (name, new)
             while client.hget(key, "state") != "ready":
                 if new.poll() is not None:
@@ -281,11 +328,6 @@ class LocalCluster:
             client.close()
         return new.pid
 
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def wait_for_router(

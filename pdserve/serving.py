@@ -14,7 +14,12 @@ from pdserve.validation import UndecodableRequestInterceptor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["abort_with", "channel_options", "make_server"]
+__all__ = ["RETRY_AFTER_KEY", "RETRY_AFTER_MS", "abort_with", "channel_options", "make_server"]
+
+RETRY_AFTER_KEY = "retry-after-ms"
+"""Trailing-metadata key of the retry hint sent with RESOURCE_EXHAUSTED."""
+RETRY_AFTER_MS = 1000
+"""How long a client told RESOURCE_EXHAUSTED should wait before it retries."""
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -52,5 +57,8 @@ async def set_serving(health_servicer: health.aio.HealthServicer, names: Sequenc
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: PdserveError) -> None:
-    """Ends the call with the error's status code and message (never returns)."""
+    """Ends the call with the error's status code and message (never returns); an overload
+    also carries the retry hint ``retry-after-ms`` in the trailing metadata."""
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(RETRY_AFTER_MS)),))
     await context.abort(error.code, str(error))

@@ -32,7 +32,7 @@ from pdserve.models import resolve_model_path
 from pdserve.planner.signals import RequestRecord
 from pdserve.registry import Registry
 from pdserve.sampling import Sampling, check_sampling
-from pdserve.serving import make_server, set_serving
+from pdserve.serving import abort_with, make_server, set_serving
 from pdserve.v1 import generation_pb2, generation_pb2_grpc
 from pdserve.validation import check_request_id
 from router.dispatch import Dispatcher, RequestState
@@ -260,11 +260,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 async for response in responses:
                     yield response
         except PdserveError as exc:
-            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                context.set_trailing_metadata((("retry-after-ms", "1000"),))
-            elif not isinstance(exc, InvalidRequest):
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED and not isinstance(
+                exc, InvalidRequest
+            ):
                 logger.warning("%s", exc)
-            await context.abort(exc.code, str(exc))
+            await abort_with(context, exc)
 
     def _finish(
         self,

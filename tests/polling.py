@@ -25,11 +25,12 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[Any] | Any], timeout_s: float, what: str,
+    condition: Callable[[], Awaitable[Any] | Any], timeout_s: float, what: str | Callable[[], str],
     every_s: float = 0.1,
 ) -> Any:
     """Polls ``condition`` (plain or async) until it returns something truthy, and returns that;
-    fails naming ``what`` after ``timeout_s``."""
+    fails naming ``what`` after ``timeout_s`` (a callable is asked then, so the message can
+    show the last state seen)."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = condition()
@@ -38,5 +39,6 @@ async def wait_until(
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            told = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {told}")
         await asyncio.sleep(every_s)

@@ -14,23 +14,15 @@ down the Ray it started, and stops Redis.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
-import yaml
 
-from pdserve.launcher import ClusterSpec, start_redis, wait_for_router
-from pdserve.models import resolve_model_path
+from pdserve.launcher import ClusterProcesses, ClusterSpec
 from pdserve.ray_runtime.names import POOL_MANAGER_NAME, RAY_NAMESPACE, worker_id
 from pdserve.ray_runtime.node import RayNode, RayOptions, connect_ray
 from pdserve.ray_runtime.placement import PlacementPolicy
@@ -51,43 +43,18 @@ class RayClusterOptions:
     reconcile_interval_s: float = 2.0
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class RayLocalCluster:
+class RayLocalCluster(ClusterProcesses):
     """Starts and stops a pdserve cluster on Ray (see the module docstring)."""
 
     def __init__(self, spec: ClusterSpec, options: RayClusterOptions | None = None) -> None:
         if not spec.kv_transfer:
             raise ValueError("the Ray launcher runs disaggregated pools only (kv_transfer=True)")
-        self.spec = spec
+        super().__init__(spec)
         self.options = options or RayClusterOptions()
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.redis_url = spec.redis_url
-        self.router_address = f"127.0.0.1:{spec.router_port}"
-        http_port = int(getattr(spec, "router_http_port", 0) or 0)
-        self.http_address = f"127.0.0.1:{http_port}" if http_port else ""
-        """``host:port`` of the router's OpenAI-compatible HTTP API; empty when disabled."""
-        self.worker_ids: dict[str, list[str]] = {"prefill": [], "decode": []}
-        self.worker_endpoints: dict[str, str] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="pdserve-"))
-        self.log_dir = spec.log_dir or self._tmp / "logs"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = self._tmp / "config.yaml"
         self.ray_node: RayNode | None = None
         self.pool_manager: Any = None
 
     # -- start ------------------------------------------------------------------------------
-
-    def start(self) -> RayLocalCluster:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         import ray
@@ -95,15 +62,7 @@ class RayLocalCluster:
         from pdserve.ray_runtime.pool_manager import PoolManager
 
         spec = self.spec
-        config = spec.config
-        config.model.path = str(resolve_model_path(config.model.path))
-        if not self.redis_url:
-            proc, self.redis_url = start_redis(self.log_dir / "redis.log")
-            self.procs.append(("redis", proc))
-        config.redis.url = self.redis_url
-        config.router.grpc_port = spec.router_port
-        config.router.http_port = spec.router_http_port
-        self.config_path.write_text(yaml.safe_dump(config.to_dict()))
+        config = self._write_config()
 
         self.ray_node = connect_ray(self.options.ray)
         worker_config = config.to_dict()
@@ -149,8 +108,7 @@ class RayLocalCluster:
             ray.get(self.pool_manager.scale.remote(role, n), timeout=60)
             self.worker_ids[role] = [worker_id(role, i) for i in range(n)]
         self._wait_for_workers()
-        self._spawn_router()
-        self._wait_for_router()
+        self._start_router()
 
     def _wait_for_workers(self) -> None:
         import ray
@@ -191,25 +149,6 @@ class RayLocalCluster:
         finally:
             client.close()
 
-    def _spawn_router(self) -> None:
-        log = (self.log_dir / "router.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pdserve.cli", "router", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PDSERVE_ADVERTISE_HOST="127.0.0.1"),
-            preexec_fn=_die_with_parent,
-        )
-        self.procs.append(("router", proc))
-
-    def _wait_for_router(self) -> None:
-        wait_for_router(self.router_address, self.http_address, self._check_alive, self.log_dir)
-
-    def _check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.log_dir}")
-
     # -- operations -------------------------------------------------------------------------
 
     def scale(self, role: str, n: int, timeout_s: float = 120.0) -> dict[str, int]:
@@ -234,7 +173,7 @@ class RayLocalCluster:
 
         router = [(n, p) for n, p in self.procs if n != "redis"]
         rest = [(n, p) for n, p in self.procs if n == "redis"]
-        _stop_procs(router, grace_s)
+        self._stop_procs(router, grace_s)
         if self.pool_manager is not None and ray.is_initialized():
             try:
                 ray.get(self.pool_manager.shutdown.remote(), timeout=60)
@@ -246,22 +185,5 @@ class RayLocalCluster:
         if self.ray_node is not None and self.ray_node.started_here and ray.is_initialized():
             ray.shutdown()
         self.ray_node = None
-        _stop_procs(rest, grace_s)
+        self._stop_procs(rest, grace_s)
         self.procs.clear()
-
-    def __enter__(self) -> RayLocalCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _stop_procs(procs: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

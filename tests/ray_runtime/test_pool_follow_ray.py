@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from polling import wait_for
 
 from pdserve.config import PdserveConfig
 from pdserve.launcher import start_redis
@@ -44,17 +44,6 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 NEVER_S = 3600.0
 """Reconcile interval of the managers created here: no reconcile (no worker) during the tests."""
 OPTIONS = PoolManagerOptions(follow_nodes=True, reconcile_interval_s=NEVER_S)
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def _config() -> dict[str, Any]:
@@ -100,7 +89,7 @@ def nodes_cluster() -> Iterator[Any]:
 
 
 def test_node_counting_reads_the_real_ray_nodes(nodes_cluster: Any) -> None:
-    nodes = _wait_for("4 alive nodes", lambda: len([n for n in ray.nodes() if n["Alive"]]) == 4
+    nodes = wait_for("4 alive nodes", lambda: len([n for n in ray.nodes() if n["Alive"]]) == 4
                       and ray.nodes(), 60)
     assert follow_targets(nodes) == {"prefill": 2, "decode": 1}
     # what drain() reports (the worker's socket.gethostname()) is Ray's node hostname: the pod
@@ -142,7 +131,7 @@ def test_manager_follows_the_nodes_and_refuses_scale(nodes_cluster: Any) -> None
         ray.get(handle.scale.remote("prefill", 5), timeout=60)
     assert ray.get(handle.drain.remote("prefill", 1), timeout=60) == []  # no worker to drain
     nodes_cluster.remove_node(nodes_cluster.prefill_nodes.pop())
-    _wait_for(
+    wait_for(
         "the pool manager to see the prefill node leave",
         lambda: ray.get(handle.node_targets.remote(), timeout=60)
         == {"prefill": 1, "decode": 1},
@@ -168,12 +157,12 @@ def test_pools_command_recreates_a_gone_manager_and_stops_on_sigterm(
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:
-        _wait_for("pdserve pools to find the manager",
+        wait_for("pdserve pools to find the manager",
                   lambda: proc.poll() is not None or "found" in log.read_text(), 90)
         assert proc.poll() is None, log.read_text()
         assert _manager_id() == first
         ray.kill(ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE), no_restart=True)
-        second = _wait_for("a new pool manager", lambda: (_manager_id() or first) != first
+        second = wait_for("a new pool manager", lambda: (_manager_id() or first) != first
                            and _manager_id(), 60)
         handle = ray.get_actor(POOL_MANAGER_NAME, namespace=RAY_NAMESPACE)
         assert ray.get(handle.describe.remote(), timeout=60)["follow_nodes"] is True
@@ -205,7 +194,7 @@ def test_a_following_manager_fills_a_node_and_keeps_it_empty_once_drained(
     nodes_cluster.remove_node(nodes_cluster.decode_node)
     for extra in nodes_cluster.prefill_nodes[1:]:
         nodes_cluster.remove_node(extra)
-    prefill_node = _wait_for("one prefill node, no decode node", lambda: len(
+    prefill_node = wait_for("one prefill node, no decode node", lambda: len(
         _alive_with("pdserve_prefill")) == 1 and not _alive_with("pdserve_decode")
         and _alive_with("pdserve_prefill"), 60)[0]
     redis_proc, redis_url = start_redis(tmp_path / "redis.log")
@@ -232,7 +221,7 @@ def test_a_following_manager_fills_a_node_and_keeps_it_empty_once_drained(
             assert not failed, failed
             return [r for r in rows if r["state"] == "ready"]
 
-        (row,) = _wait_for("the prefill node's worker", ready_workers, 240, every_s=1.0)
+        (row,) = wait_for("the prefill node's worker", ready_workers, 240, every_s=1.0)
         assert (row["name"], row["role"]) == ("pdserve:prefill:0", "prefill")
         assert row["node"] == socket.gethostname()
         assert ray.get(manager.describe.remote(), timeout=60)["desired"] == {
@@ -244,7 +233,7 @@ def test_a_following_manager_fills_a_node_and_keeps_it_empty_once_drained(
         assert described["drained_nodes"] == [{"node_id": prefill_node, "role": "prefill",
                                                "hostname": socket.gethostname(), "drained": 1}]
         rounds = described["reconcile_rounds"]
-        _wait_for("three reconcile rounds", lambda: ray.get(
+        wait_for("three reconcile rounds", lambda: ray.get(
             manager.describe.remote(), timeout=60)["reconcile_rounds"] >= rounds + 3, 60)
         assert ray.get(manager.workers.remote(), timeout=60) == []
         assert ray.get(manager.describe.remote(), timeout=60)["desired"]["prefill"] == 0
@@ -256,7 +245,7 @@ def test_a_following_manager_fills_a_node_and_keeps_it_empty_once_drained(
 
         # the pod is deleted: its node leaves, and is forgotten
         nodes_cluster.remove_node(nodes_cluster.prefill_nodes[0])
-        _wait_for("the drained node to be forgotten", lambda: ray.get(
+        wait_for("the drained node to be forgotten", lambda: ray.get(
             manager.describe.remote(), timeout=60)["drained_nodes"] == [], 60, every_s=0.5)
     finally:
         if manager is not None:
