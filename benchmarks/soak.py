@@ -229,7 +229,11 @@ async def wait_idle(cluster: LocalCluster, timeout_s: float) -> dict[str, Any]:
         left: dict[str, Any] = {}
         for worker in _live(cluster):
             role = "prefill" if worker.startswith("prefill") else "decode"
-            status = await asyncio.to_thread(_status, cluster.worker_endpoints[worker], role)
+            try:
+                status = await asyncio.to_thread(_status, cluster.worker_endpoints[worker], role)
+            except grpc.RpcError as exc:  # a restart that has not finished: it holds nothing
+                left[worker] = {"unreachable": exc.code().name}
+                continue
             if status.num_running_requests or status.kv_usage > 0:
                 left[worker] = {
                     "running": status.num_running_requests,

@@ -9,6 +9,7 @@ loggers. vLLM is imported lazily so that the rest of pdserve imports without it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
+
+RELEASE_REPEAT_S = (2.0, 10.0)
+"""Delays after which a release to a prefill engine not yet connected is repeated."""
 
 __all__ = ["Engine", "EngineLoad", "EngineSpec", "reap_with_this_process"]
 
@@ -123,6 +127,9 @@ class Engine:
         self.transfers = TransferStats()
         self._llm: AsyncLLM | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self._known_prefill_engines: set[str] = set()
+        """Prefill engines this (decode) engine has pulled from or released to: connected."""
+        self._repeats: set[asyncio.Task[None]] = set()
         self.block_size = 0
         self.vocab_size = 0
         self.compat_hash = ""
@@ -266,6 +273,9 @@ class Engine:
         finished = False
         try:
             async for output in stream:
+                if kv_transfer_params and not finished:
+                    # The first output comes after the pull: the engines are connected.
+                    self._known_prefill_engines.add(str(kv_transfer_params.get("remote_engine_id")))
                 finished = output.finished
                 yield output
         finally:
@@ -294,9 +304,37 @@ class Engine:
         return True
 
     async def release_remote(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
-        """Frees blocks a prefill engine holds for a pull that will not happen (decode side)."""
+        """Frees blocks a prefill engine holds for a pull that will not happen (decode side).
+
+        The first time this engine deals with a given prefill engine it must connect to it
+        (NIXL handshake) before it can tell it anything, and vLLM drops the notification of a
+        rejected request that waited for that connection: the blocks would stay held until
+        their lease runs out. So for a prefill engine not known to be connected the release is
+        repeated after :data:`RELEASE_REPEAT_S` (once the connection is up). A repeat that finds
+        the blocks already freed makes the prefill engine log that it got a notification for
+        an unknown request, at most once per repeat."""
         await self.llm.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
         self.transfers.record_release()
+        engine_id = str(kv_transfer_params.get("remote_engine_id"))
+        if engine_id in self._known_prefill_engines:
+            return
+        self._known_prefill_engines.add(engine_id)
+        task = asyncio.get_running_loop().create_task(
+            self._repeat_release(request_id, kv_transfer_params)
+        )
+        self._repeats.add(task)
+        task.add_done_callback(self._repeats.discard)
+
+    async def _repeat_release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
+        for attempt, delay_s in enumerate(RELEASE_REPEAT_S, start=1):
+            await asyncio.sleep(delay_s)
+            try:
+                await self.llm.notify_kv_transfer_request_rejected(
+                    f"{request_id}-again{attempt}", kv_transfer_params
+                )
+            except Exception as exc:  # the engine is gone: the lease frees the blocks
+                logger.warning("[%s] repeating the release failed: %s", request_id, exc)
+                return
 
     def shutdown(self) -> None:
         if self._llm is not None:
