@@ -44,7 +44,7 @@ up: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=30 $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

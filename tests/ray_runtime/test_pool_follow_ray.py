@@ -64,15 +64,24 @@ def _manager_id() -> str | None:
 def nodes_cluster() -> Iterator[Any]:
     if ray.is_initialized():
         ray.shutdown()
-    cluster = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
-    )
+    # Ray gives each raylet a fixed 30 s to register with the GCS; on a loaded 2-core machine
+    # that can run out, so a start that timed out is tried again (a real failure fails all 3).
+    for attempt in range(3):
+        cluster = cluster_utils.Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False},
+        )
+        try:
+            # one CPU each: a CPU worker actor asks for half of one
+            prefill = [cluster.add_node(num_cpus=1, resources={"pdserve_prefill": 1})
+                       for _ in range(2)]
+            decode = cluster.add_node(num_cpus=1, resources={"pdserve_decode": 1})
+            break
+        except Exception as exc:
+            cluster.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
     try:
-        # one CPU each: a CPU worker actor asks for half of one
-        prefill = [cluster.add_node(num_cpus=1, resources={"pdserve_prefill": 1})
-                   for _ in range(2)]
-        decode = cluster.add_node(num_cpus=1, resources={"pdserve_decode": 1})
         ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
         cluster.prefill_nodes = prefill
         cluster.decode_node = decode
