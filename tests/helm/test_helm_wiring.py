@@ -13,9 +13,7 @@ import importlib.util
 import itertools
 import re
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -180,17 +178,8 @@ def planner_apiserver() -> Iterator[tuple[Any, list[Manifest]]]:
     raycluster = copy.deepcopy(one(manifests, "RayCluster"))
     raycluster["metadata"].update(namespace=NAMESPACE, resourceVersion="1")
     assert (raycluster["metadata"]["name"], NAMESPACE) == (standin.NAME, standin.NAMESPACE)
-    state = standin.StandIn(obj=raycluster)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), standin._handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with standin.serving(standin.StandIn(obj=raycluster)) as state:
         yield state, manifests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class _PoolManager:

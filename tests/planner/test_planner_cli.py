@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from kubernetes import client
-from test_planner_kubernetes import NAME, NAMESPACE, StandIn, _handler
+from test_planner_kubernetes import NAME, NAMESPACE, StandIn, serving
 
 from pdserve.cli import build_parser
 from pdserve.planner.actuators import (
@@ -58,17 +56,8 @@ class Lookups:
 
 @pytest.fixture
 def apiserver() -> Iterator[StandIn]:
-    state = StandIn()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with serving(StandIn()) as state:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _args(*extra: str) -> argparse.Namespace:

@@ -7,6 +7,7 @@ one RayCluster at ``/apis/ray.io/v1/namespaces/<ns>/rayclusters/<name>``, applie
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -154,9 +155,9 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def apiserver() -> Iterator[StandIn]:
-    state = StandIn()
+@contextlib.contextmanager
+def serving(state: StandIn) -> Iterator[StandIn]:
+    """Serves ``state`` on a free loopback port (``state.url``) while the block runs."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
@@ -167,6 +168,12 @@ def apiserver() -> Iterator[StandIn]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def apiserver() -> Iterator[StandIn]:
+    with serving(StandIn()) as state:
+        yield state
     # whatever a test did, the actuator used only GET and PATCH on the RayCluster
     assert {r.method for r in state.requests} <= {"GET", "PATCH"}
     prefix = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters/"
