@@ -270,12 +270,14 @@ class Engine:
         stream = self.llm.generate(
             TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id
         )
+        # The first output comes after the pull: from then on the engines are connected.
+        pulled_from = str(kv_transfer_params.get("remote_engine_id")) if kv_transfer_params else ""
         finished = False
         try:
             async for output in stream:
-                if kv_transfer_params and not finished:
-                    # The first output comes after the pull: the engines are connected.
-                    self._known_prefill_engines.add(str(kv_transfer_params.get("remote_engine_id")))
+                if pulled_from:
+                    self._known_prefill_engines.add(pulled_from)
+                    pulled_from = ""
                 finished = output.finished
                 yield output
         finally:
